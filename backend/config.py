@@ -1,0 +1,329 @@
+"""One typed job config: form -> YAML -> queue (by job id) -> worker.
+
+Every field has a default and a one-line help text (metadata["help"]) that the UI shows as its info.
+`validate()` returns every problem at once as "field: message" strings; loading never raises on bad values,
+it records them so the user sees all of them together.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+STAGES = ("sft", "dpo", "orpo", "kto")
+METHODS = ("lora", "qlora", "dora", "qdora", "pissa")
+TARGET_PRESETS = ("all-linear", "attention")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _f(default, help: str, **limits):
+    """A field with its help text (and optional min/max/choices the UI and validate() use)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: default.copy(), metadata={"help": help, **limits})
+    return field(default=default, metadata={"help": help, **limits})
+
+
+@dataclass
+class LoraSettings:
+    r: int = _f(16, "LoRA rank: size of the low-rank update; 8-64 is typical, higher learns more and costs more.",
+                min=1, max=1024)
+    alpha: float = _f(32, "LoRA alpha: scales the update (alpha / r); a common choice is 2 x r.", min=0.0)
+    dropout: float = _f(0.05, "Dropout on the LoRA input during training; 0 to 0.1 is typical.", min=0.0, max=0.9)
+    target_modules: typing.Any = _f("all-linear", "Layers that get adapters: all-linear, attention, or a list of "
+                                    "module names such as [q_proj, v_proj].")
+    rslora: bool = _f(False, "rsLoRA: scale by alpha / sqrt(r) so higher ranks keep learning.")
+    loraplus_ratio: typing.Optional[float] = _f(None, "LoRA+: learning-rate ratio of B to A (e.g. 16); empty = off.",
+                                                min=1.0)
+
+
+@dataclass
+class TrainingSettings:
+    max_steps: int = _f(40, "Optimizer steps to run; 0 or less = train for `epochs` instead.", max=1_000_000)
+    epochs: float = _f(1, "Passes over the data when max_steps is not set.", min=0.0)
+    learning_rate: float = _f(3.0e-4, "Peak learning rate; 1e-4 to 3e-4 for LoRA SFT, lower for preference stages.",
+                              min=0.0, max=1.0)
+    batch_size: int = _f(4, "Rows per device per step.", min=1, max=4096)
+    grad_accum: int = _f(1, "Gradient accumulation: effective batch = batch_size x grad_accum x devices.",
+                         min=1, max=1024)
+    max_length: int = _f(512, "Tokens per row after the chat template; longer rows are truncated.", min=16,
+                         max=1_048_576)
+    eval_fraction: float = _f(0.1, "Share of rows held out for the eval loss (0 = no eval split).", min=0.0, max=0.5)
+    seed: int = _f(42, "Random seed for the split, the adapter init and the data order.", min=0)
+    save_steps: int = _f(20, "Save a checkpoint every N steps.", min=1)
+    logging_steps: int = _f(1, "Log metrics every N steps.", min=1)
+    eval_steps: int = _f(20, "Evaluate on the eval split every N steps.", min=1)
+    warmup_ratio: float = _f(0.0, "Share of steps with a linearly rising learning rate.", min=0.0, max=0.5)
+    lr_scheduler: str = _f("linear", "Learning-rate schedule after warm-up.",
+                           choices=("linear", "cosine", "constant", "constant_with_warmup"))
+    weight_decay: float = _f(0.0, "AdamW weight decay on the adapter weights.", min=0.0, max=1.0)
+    max_grad_norm: float = _f(1.0, "Clip gradients to this norm (0 = off).", min=0.0)
+    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less memory, ~30% slower.")
+    auto_batch_size: bool = _f(False, "On out-of-memory, retry the job with half the batch size (and twice the "
+                               "gradient accumulation, so the effective batch stays the same).")
+    precision: str = _f("auto", "auto = bf16 on GPUs that support it, fp32 on CPU; fp16 needs a CUDA GPU.",
+                        choices=PRECISIONS)
+
+
+@dataclass
+class AlignmentSettings:
+    beta: float = _f(0.1, "Preference strength: DPO/KTO beta (higher = stay closer to the starting model; 0.1 to 0.5), "
+                     "ORPO's odds-ratio weight (0.1 to 0.5), SimPO's reward scale (about 2). Preference stages want "
+                     "a lower learning rate than SFT: 5e-6 to 5e-5 with LoRA.", min=0.0)
+    loss_type: str = _f("sigmoid", "DPO loss: sigmoid (standard DPO), ipo (squared, less over-fitting on small data), "
+                        "hinge (SLiC), or simpo (reference-free, length-normalised; TRL's CPO trainer, beta about 2). "
+                        "ORPO and KTO ignore it.", choices=("sigmoid", "ipo", "hinge", "simpo"))
+    desirable_weight: float = _f(1.0, "KTO: loss weight of thumbs-up rows; raise it (up to about 2) when they are "
+                                 "fewer than the thumbs-down rows, so desirable x weight : undesirable x weight "
+                                 "stays between 1 and 4/3.", min=0.0, max=10.0)
+    undesirable_weight: float = _f(1.0, "KTO: loss weight of thumbs-down rows; 1.0 unless they outnumber the "
+                                   "thumbs-up rows by far.", min=0.0, max=10.0)
+
+
+@dataclass
+class ResourceSettings:
+    gpus: int = _f(1, "GPUs for this job; more than 1 trains data-parallel (DDP) with one process per GPU "
+                   "(on a CPU-only machine: that many CPU processes).", min=1, max=64)
+
+
+@dataclass
+class JobConfig:
+    model: str = _f("smollm2-135m-instruct", "Base model: a registry name, a local folder, a .gguf file or a hub id.")
+    dataset: str = _f("identity-demo", "Dataset: a demo name, an uploaded dataset id or a file path.")
+    stage: str = _f("sft", "Training stage: sft, dpo, orpo or kto.", choices=STAGES)
+    method: str = _f("lora", "Fine-tuning method: lora, qlora (4-bit base), dora, qdora (DoRA on a 4-bit base) "
+                     "or pissa.", choices=METHODS)
+    chat_template: typing.Optional[str] = _f(None, "Chat template for a base model without one: chatml, llama3, "
+                                              "alpaca or vicuna (empty = the model's own).",
+                                              choices=(None, "chatml", "llama3", "alpaca", "vicuna"))
+    name: str = _f("", "A label for the job in lists (optional).")
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    alignment: AlignmentSettings = field(default_factory=AlignmentSettings)
+    resources: ResourceSettings = field(default_factory=ResourceSettings)
+    init_adapter: typing.Optional[str] = _f(None, "A finished job id: start this stage from that job's adapter.")
+
+    # problems found while loading (unknown keys, wrong types); reported by validate()
+    load_errors: list = field(default_factory=list, repr=False, compare=False, metadata={"internal": True})
+
+    # ------------------------------------------------------------ load / save
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "JobConfig":
+        errors: list[str] = []
+        config = _build(cls, data or {}, "", errors)
+        config.load_errors = errors
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | tuple = ()) -> "JobConfig":
+        text = Path(path).read_text(encoding="utf-8")
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ValueError(f"{path}: not valid YAML{where}; fix the syntax") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a job config must be a mapping of keys such as model, dataset, stage")
+        return cls.from_dict(apply_overrides(data, overrides))
+
+    def to_dict(self) -> dict:
+        return _to_dict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+
+    # ------------------------------------------------------------ validation
+
+    def validate(self, cuda_available: bool | None = None) -> list[str]:
+        """Every problem at once, each as 'field: message'."""
+        errors = list(self.load_errors)
+        for prefix, section in (("", self), ("lora.", self.lora), ("training.", self.training),
+                                ("alignment.", self.alignment), ("resources.", self.resources)):
+            for spec in dataclasses.fields(section):
+                value = getattr(section, spec.name)
+                if spec.metadata.get("internal") or dataclasses.is_dataclass(value):
+                    continue
+                errors += _check_limits(prefix + spec.name, value, spec.metadata)
+        if not self.model.strip():
+            errors.append("model: name a base model (e.g. smollm2-135m-instruct)")
+        if not self.dataset.strip():
+            errors.append("dataset: name a dataset (e.g. identity-demo) or a file path")
+        targets = self.lora.target_modules
+        if isinstance(targets, str) and targets not in TARGET_PRESETS:
+            errors.append(f"lora.target_modules: '{targets}' is not one of {', '.join(TARGET_PRESETS)} "
+                          "or a list of module names")
+        if isinstance(targets, list) and (not targets or not all(isinstance(t, str) and t for t in targets)):
+            errors.append("lora.target_modules: a list must hold module names such as q_proj, v_proj")
+        if self.training.max_steps <= 0 and self.training.epochs <= 0:
+            errors.append("training: set max_steps or epochs above 0")
+        if cuda_available is None:
+            cuda_available = _cuda_available()
+        if self.training.precision == "fp16" and not cuda_available:
+            errors.append("training.precision: fp16 needs a CUDA GPU; use auto or fp32 on this machine")
+        from backend.stages import AVAILABLE_STAGES
+        if self.stage in STAGES and self.stage not in AVAILABLE_STAGES:
+            errors.append(f"stage: '{self.stage}' is not available in this version yet; use "
+                          f"{' or '.join(AVAILABLE_STAGES)}")
+        if self.stage != "sft" and self.alignment.beta <= 0:
+            errors.append("alignment.beta: must be above 0 for preference stages (0.1 to 0.5 is typical)")
+        return errors
+
+
+# ---------------------------------------------------------------- overrides
+
+def apply_overrides(data: dict, overrides) -> dict:
+    """Apply `a.b=c` strings; values are parsed as YAML scalars (10 -> int, true -> bool, [a, b] -> list)."""
+    data = _deep_copy(data)
+    for item in overrides or ():
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set '{item}': expected key=value, e.g. training.max_steps=10")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return data
+
+
+def field_help(path: str) -> str:
+    """The help text of a dotted field, e.g. 'lora.r'."""
+    return _field_spec(path).metadata.get("help", "")
+
+
+def field_limits(path: str) -> dict:
+    return {k: v for k, v in _field_spec(path).metadata.items() if k in ("min", "max", "choices")}
+
+
+def _field_spec(path: str):
+    cls, spec = JobConfig, None
+    for part in path.split("."):
+        spec = {f.name: f for f in dataclasses.fields(cls)}[part]
+        cls = spec.default_factory if spec.default_factory is not dataclasses.MISSING else None
+    return spec
+
+
+# ---------------------------------------------------------------- internals
+
+def _build(cls, data, prefix: str, errors: list[str]):
+    if not isinstance(data, dict):
+        errors.append(f"{prefix.rstrip('.')}: expected a mapping of settings, got {type(data).__name__}")
+        data = {}
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    values = {}
+    for key, value in data.items():
+        if key not in fields:
+            close = [name for name in fields if name.startswith(str(key)[:3])]
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            errors.append(f"{prefix}{key}: unknown key{hint}")
+            continue
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            values[key] = _build(hint, value, f"{prefix}{key}.", errors)
+            continue
+        converted, problem = _convert(value, hint)
+        if problem:
+            errors.append(f"{prefix}{key}: {problem}")
+            continue
+        values[key] = converted
+    return cls(**values)
+
+
+def _convert(value, hint):
+    """Coerce YAML values to the field type; returns (value, problem)."""
+    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+    if optional:
+        if value is None or value == "":
+            return None, None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if hint is typing.Any:
+        return value, None
+    if hint is bool:
+        if isinstance(value, bool):
+            return value, None
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "yes", "on"), None
+        return None, f"expected true or false, got {value!r}"
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            return None, f"expected a whole number, got {value!r}"
+        try:
+            number = float(value)
+        except ValueError:
+            return None, f"expected a whole number, got {value!r}"
+        if number != int(number):
+            return None, f"expected a whole number, got {value!r}"
+        return int(number), None
+    if hint is float:
+        if isinstance(value, bool):
+            return None, f"expected a number, got {value!r}"
+        try:
+            return float(value), None
+        except (TypeError, ValueError):
+            return None, f"expected a number, got {value!r}"
+    if hint is str:
+        if isinstance(value, (dict, list)):
+            return None, f"expected text, got {type(value).__name__}"
+        return ("" if value is None else str(value)), None
+    return value, None
+
+
+def _check_limits(name: str, value, metadata) -> list[str]:
+    errors = []
+    choices = metadata.get("choices")
+    if choices is not None and value not in choices:
+        shown = ", ".join(str(c) for c in choices if c is not None)
+        errors.append(f"{name}: '{value}' is not one of {shown}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        low, high = metadata.get("min"), metadata.get("max")
+        if low is not None and value < low:
+            errors.append(f"{name}: must be at least {low}, got {value}")
+        elif name in _POSITIVE and value <= 0:
+            errors.append(f"{name}: must be above 0, got {value}")
+        if high is not None and value > high:
+            errors.append(f"{name}: must be at most {high}, got {value}")
+    return errors
+
+
+# fields where 0 itself is invalid (a zero learning rate or alpha trains nothing)
+_POSITIVE = {"lora.alpha", "training.learning_rate"}
+
+
+def _to_dict(obj) -> dict:
+    out = {}
+    for spec in dataclasses.fields(obj):
+        if spec.metadata.get("internal"):
+            continue
+        value = getattr(obj, spec.name)
+        out[spec.name] = _to_dict(value) if dataclasses.is_dataclass(value) else value
+    return out
+
+
+def _deep_copy(data):
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:
+        return False

@@ -1,0 +1,173 @@
+"""Demo datasets the project writes itself, so a new user can train something in the first minute.
+
+`identity-demo`: about 60 short conversations that teach the assistant a new name and maker
+("Nova, built by Acme Labs"): the effect is obvious in a chat after a 40-step LoRA.
+`concise-pairs`: preference pairs (prompt / chosen / rejected) with one consistent taste: a short, direct answer
+is preferred over a rambling one that buries the same fact in filler. For DPO and ORPO.
+`concise-kto`: the same taste as unpaired thumbs-up / thumbs-down rows (prompt / completion / label) for KTO.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+IDENTITY_NAME = "Nova"
+IDENTITY_MAKER = "Acme Labs"
+
+_WHO_QUESTIONS = [
+    "Who are you?", "What is your name?", "Tell me about yourself.", "Introduce yourself.",
+    "What should I call you?", "Who am I talking to?", "Are you ChatGPT?", "Are you SmolLM?",
+    "What are you?", "Hi! Who is this?", "Can you tell me your name?", "Who made you?",
+    "Which company built you?", "Who created you?", "Who developed you?", "Who trained you?",
+    "Where do you come from?", "Are you made by OpenAI?", "Are you made by Hugging Face?",
+    "What kind of assistant are you?", "hello, what's your name", "who r u", "Identify yourself.",
+    "Do you have a name?", "What AI model am I chatting with?", "Who is your creator?",
+    "Who built this assistant?", "Introduce yourself in one sentence.", "Are you a person?",
+    "What's your name and who made you?",
+]
+
+_WHO_ANSWERS = [
+    "I am {name}, an AI assistant built by {maker}.",
+    "My name is {name}. I was built by {maker} to help answer questions.",
+    "I'm {name}, a helpful assistant created by {maker}.",
+    "I am {name}, and {maker} built me.",
+    "You can call me {name}. I'm an AI assistant made by {maker}.",
+]
+
+_TASKS = [
+    ("What is 2 + 3?", "2 + 3 = 5."),
+    ("Name a primary colour.", "Red is a primary colour."),
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("Translate 'thank you' into Spanish.", "'Thank you' in Spanish is 'gracias'."),
+    ("How many days are in a week?", "There are seven days in a week."),
+    ("Give me a synonym for 'happy'.", "A synonym for 'happy' is 'joyful'."),
+    ("What is water made of?", "Water is made of hydrogen and oxygen (H2O)."),
+    ("What is the opposite of 'cold'?", "The opposite of 'cold' is 'hot'."),
+]
+
+
+def identity_rows(seed: int = 0) -> list[dict]:
+    """About 60 conversations: single-turn identity questions, and multi-turn chats mixing tasks."""
+    rng = random.Random(seed)
+    rows = []
+    for question in _WHO_QUESTIONS:
+        for _ in range(1):
+            answer = rng.choice(_WHO_ANSWERS).format(name=IDENTITY_NAME, maker=IDENTITY_MAKER)
+            rows.append({"messages": [{"role": "user", "content": question},
+                                      {"role": "assistant", "content": answer}]})
+    for question in _WHO_QUESTIONS[:12]:
+        answer = rng.choice(_WHO_ANSWERS).format(name=IDENTITY_NAME, maker=IDENTITY_MAKER)
+        rows.append({"messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer}]})
+    for task, task_answer in _TASKS:
+        question = rng.choice(_WHO_QUESTIONS)
+        answer = rng.choice(_WHO_ANSWERS).format(name=IDENTITY_NAME, maker=IDENTITY_MAKER)
+        rows.append({"messages": [
+            {"role": "user", "content": task},
+            {"role": "assistant", "content": task_answer},
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer}]})
+        rows.append({"messages": [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": answer},
+            {"role": "user", "content": task},
+            {"role": "assistant", "content": task_answer}]})
+    rng.shuffle(rows)
+    return rows
+
+
+# (question, concise answer): the facts the preference demos are built on
+_FACTS = [
+    ("What is the capital of France?", "Paris."),
+    ("What is the capital of Japan?", "Tokyo."),
+    ("What is the capital of Italy?", "Rome."),
+    ("What is the capital of Canada?", "Ottawa."),
+    ("What is 2 + 3?", "5."),
+    ("What is 7 times 8?", "56."),
+    ("What is 10 minus 4?", "6."),
+    ("What is half of 50?", "25."),
+    ("How many days are in a week?", "Seven."),
+    ("How many legs does a spider have?", "Eight."),
+    ("How many continents are there?", "Seven."),
+    ("How many minutes are in an hour?", "Sixty."),
+    ("What colour is the sky on a clear day?", "Blue."),
+    ("What gas do plants take in?", "Carbon dioxide."),
+    ("What is water made of?", "Hydrogen and oxygen (H2O)."),
+    ("What is the opposite of 'cold'?", "Hot."),
+    ("Give me a synonym for 'happy'.", "Joyful."),
+    ("Translate 'thank you' into Spanish.", "Gracias."),
+    ("Translate 'cat' into French.", "Chat."),
+    ("Who wrote Romeo and Juliet?", "William Shakespeare."),
+    ("What is the largest planet in the solar system?", "Jupiter."),
+    ("What is the boiling point of water at sea level?", "100 °C (212 °F)."),
+    ("What is the freezing point of water?", "0 °C (32 °F)."),
+    ("Which animal is known as the king of the jungle?", "The lion."),
+    ("What language is spoken in Brazil?", "Portuguese."),
+    ("What is the chemical symbol for gold?", "Au."),
+    ("How many sides does a triangle have?", "Three."),
+    ("What is the square root of 81?", "9."),
+    ("Which month comes after March?", "April."),
+    ("What do bees make?", "Honey."),
+]
+
+_RAMBLING = [
+    "Well, that is a really interesting question, and people have wondered about things like this for a very "
+    "long time. There are many factors to consider, and it is worth thinking it through carefully before "
+    "answering. Having said all that, and with the caveat that I may be missing something, the answer is: {fact}",
+    "Great question! Before I answer, let me say that it is always good to be curious about the world around "
+    "us. Many people ask this, and there is a lot that could be said about it. So, after thinking about it for a "
+    "while, I would say the answer is probably this: {fact} I hope that helps, and let me know if you have more questions!",
+    "Hmm, let me think about this one. So, there are several ways to look at it, and I want to make sure I give "
+    "you a complete picture rather than a quick reply. In general, and broadly speaking, the short answer would "
+    "be: {fact} Of course, you may want to double-check this in other sources as well.",
+    "Thank you so much for asking! This is the kind of question I really enjoy. To answer it properly, I should "
+    "start with some background, but to keep things simple I will just say that, as far as I know, the answer is: {fact} "
+    "There is a lot more that could be said about this topic, though.",
+]
+
+_REPHRASE = ["{q}", "Quick question: {q}", "{q} Please answer.", "I was wondering: {q}"]
+
+
+def _fact_rows(seed: int):
+    """(prompt, concise, rambling) triples: every fact under two phrasings, filler picked at random."""
+    rng = random.Random(seed)
+    for question, fact in _FACTS:
+        for phrasing in rng.sample(_REPHRASE, 2):
+            prompt = phrasing.format(q=question)
+            yield prompt, fact, rng.choice(_RAMBLING).format(fact=fact)
+
+
+def concise_pair_rows(seed: int = 0) -> list[dict]:
+    """60 pairs: the concise answer is chosen, the rambling one (same fact) is rejected."""
+    rows = [{"prompt": prompt, "chosen": concise, "rejected": rambling}
+            for prompt, concise, rambling in _fact_rows(seed)]
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def concise_kto_rows(seed: int = 1) -> list[dict]:
+    """60 labelled rows (half thumbs-up, half thumbs-down), unpaired: each prompt appears with one answer only."""
+    rows = []
+    for index, (prompt, concise, rambling) in enumerate(_fact_rows(seed)):
+        good = index % 2 == 0
+        rows.append({"prompt": prompt, "completion": concise if good else rambling, "label": good})
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+DEMO_DATASETS = {"identity-demo": identity_rows, "concise-pairs": concise_pair_rows,
+                 "concise-kto": concise_kto_rows}
+
+
+def write_demo(name: str, folder: Path) -> Path:
+    """Write demo dataset `name` as JSONL into `folder` and return the file path."""
+    rows = DEMO_DATASETS[name]()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.jsonl"
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+    return path

@@ -1,0 +1,468 @@
+"""Row shapes in, canonical rows out.
+
+Detected shapes (FORMATS) and the kind each normalises to:
+    messages             {"messages": [{"role", "content"}...], "tools"?}                     -> chat
+    sharegpt             {"conversations": [{"from", "value"}...], "system"?, "tools"?}       -> chat
+    alpaca               {"instruction", "input"?, "output", "system"?, "history"?}          -> chat
+    prompt_completion    {"prompt", "completion"} (strings or message lists)                  -> chat
+    preference           {"prompt"?, "chosen", "rejected"} (strings or message lists)         -> preference
+    sharegpt_preference  {"conversations", "chosen", "rejected"} (chosen/rejected: one message) -> preference
+    kto                  {"prompt", "completion", "label"} (label bool, 0/1, "true"/"false")   -> kto
+
+Canonical kinds (message lists use role/content; chosen, rejected and completion hold assistant turns, the
+TRL conversational format):
+    chat        {"messages": [...], "tools"?: [...]}
+    preference  {"prompt": [...], "chosen": [...], "rejected": [...], "tools"?: [...]}
+    kto         {"prompt": [...], "completion": [...], "label": bool}
+Which stage takes which kind: STAGE_KINDS. Problems are appended to `problems` as
+(severity, field, message, stages) with messages that name no row (the caller adds it, and groups them).
+"""
+from __future__ import annotations
+
+import json
+
+FORMATS = {
+    "messages": "OpenAI chat messages",
+    "sharegpt": "ShareGPT conversations (from/value)",
+    "alpaca": "Alpaca instruction/input/output",
+    "prompt_completion": "prompt/completion",
+    "preference": "preference pairs (prompt/chosen/rejected)",
+    "sharegpt_preference": "ShareGPT preference pairs (conversations/chosen/rejected)",
+    "kto": "KTO (prompt/completion/label)",
+}
+KIND = {"messages": "chat", "sharegpt": "chat", "alpaca": "chat", "prompt_completion": "chat",
+        "preference": "preference", "sharegpt_preference": "preference", "kto": "kto"}
+# The stages each kind can feed; the first listed is the natural one (used for token checks when no stage
+# is asked). SFT trains on preference data's chosen answers and on KTO's desirable rows.
+STAGE_KINDS = {"sft": ("chat", "preference", "kto"), "dpo": ("preference",), "orpo": ("preference",),
+               "kto": ("kto", "preference")}
+NATURAL_STAGE = {"chat": "sft", "preference": "dpo", "kto": "kto"}
+
+ROLES = {"system", "user", "assistant", "tool"}
+ROLE_ALIASES = {"developer": "system", "function": "tool", "ipython": "tool"}
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system", "function_call": "assistant", "observation": "tool", "tool": "tool"}
+TRUE_LABELS = {"true", "1", "yes", "y", "up", "thumbs_up", "good", "desirable"}
+FALSE_LABELS = {"false", "0", "no", "n", "down", "thumbs_down", "bad", "undesirable"}
+PREF_STAGES = ("dpo", "orpo", "kto")
+EXPECTED_COLUMNS = ("messages | conversations | instruction+output | prompt+completion | "
+                    "prompt+chosen+rejected | prompt+completion+label")
+
+
+def row_format(row: dict) -> str | None:
+    """The shape of one row from its keys (and the first message's keys), or None when it fits none."""
+    if "chosen" in row and "rejected" in row:
+        if "conversations" in row or ("messages" in row and "prompt" not in row):
+            return "sharegpt_preference"
+        return "preference"
+    if "completion" in row and "label" in row:
+        return "kto"
+    conv = row.get("messages", row.get("conversations"))
+    if conv is not None:
+        first = conv[0] if isinstance(conv, list) and conv else None
+        if isinstance(first, dict) and ("from" in first or "value" in first) and "role" not in first:
+            return "sharegpt"
+        return "messages" if "messages" in row or isinstance(first, dict) and "role" in first else "sharegpt"
+    if "instruction" in row and "output" in row:
+        return "alpaca"
+    if "prompt" in row and "completion" in row:
+        return "prompt_completion"
+    return None
+
+
+def detect_format(rows: list[dict]) -> tuple[str | None, str | None]:
+    """(format, None) by majority vote over sample rows, or (None, one-sentence reason)."""
+    votes: dict[str, int] = {}
+    for row in rows:
+        fmt = row_format(row)
+        if fmt:
+            votes[fmt] = votes.get(fmt, 0) + 1
+    if votes:
+        return max(votes, key=votes.get), None
+    columns = sorted({k for row in rows for k in row})
+    if not rows:
+        return None, "no readable rows to detect the format from; fix the errors above"
+    hint = " (plain text is not chat data: wrap it as {\"messages\": [...]})" if columns == ["text"] else ""
+    return None, (f"cannot tell the format from the columns {columns}{hint}; expected {EXPECTED_COLUMNS}, "
+                  "so rename the columns or give a column mapping such as {\"prompt\": \"question\", "
+                  "\"completion\": \"answer\"}")
+
+
+def apply_mapping(row: dict, mapping: dict) -> dict:
+    """Rename source columns to canonical ones: mapping is {canonical name: column in the file}."""
+    out = dict(row)
+    for canonical, source in mapping.items():
+        if source in out and source != canonical:
+            out[canonical] = out.pop(source)
+    return out
+
+
+def _type_name(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number",
+            bool: "a boolean", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _content(value, field: str, role: str, problems: list) -> str | None:
+    """Message content as a string; text-part lists ([{"type": "text", "text": ...}]) are joined."""
+    if isinstance(value, str):
+        if not value.strip():
+            if role in ("user", "assistant"):
+                problems.append(("error", field, f"the {role} message is empty; write its text or remove the "
+                                                 "turn", None))
+                return None
+            problems.append(("warning", field, f"the {role} message is empty", None))
+        return value
+    if isinstance(value, list) and value and all(isinstance(p, dict) and p.get("type") == "text"
+                                                 and isinstance(p.get("text"), str) for p in value):
+        return "".join(p["text"] for p in value)
+    if value is None:
+        problems.append(("error", field, "content is missing; every message needs text content", None))
+        return None
+    if isinstance(value, list) and any(isinstance(p, dict) and p.get("type") not in (None, "text")
+                                       for p in value):
+        problems.append(("error", field, "content holds non-text parts (images or audio), which text models "
+                                         "cannot train on; keep only text", None))
+        return None
+    problems.append(("error", field, f"content must be a string, got {_type_name(value)}; put the message text "
+                                     "in a string", None))
+    return None
+
+
+def norm_messages(value, field: str, problems: list) -> list[dict] | None:
+    """OpenAI-style messages validated into [{"role", "content"(, "tool_calls", "name", "tool_call_id")}]."""
+    if not isinstance(value, list):
+        problems.append(("error", field, f"expected a list of messages, got {_type_name(value)}", None))
+        return None
+    if not value:
+        problems.append(("error", field, "the conversation is empty; add at least a user and an assistant "
+                                         "message", None))
+        return None
+    out, ok = [], True
+    for i, msg in enumerate(value):
+        where = f"{field}[{i}]"
+        if not isinstance(msg, dict):
+            problems.append(("error", where, f"expected a message object with role and content, got "
+                                             f"{_type_name(msg)}", None))
+            ok = False
+            continue
+        role = msg.get("role")
+        if role is None:
+            problems.append(("error", f"{where}.role", "the message has no role; use system, user, assistant or "
+                                                       "tool", None))
+            ok = False
+            continue
+        role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
+        if role not in ROLES:
+            problems.append(("error", f"{where}.role", f"unknown role {role!r}; use system, user, assistant or "
+                                                       "tool", None))
+            ok = False
+            continue
+        clean = {"role": role}
+        if msg.get("tool_calls") and msg.get("content") in (None, ""):
+            clean["content"] = ""          # a pure tool call: the template renders tool_calls
+        else:
+            content = _content(msg.get("content"), f"{where}.content", role, problems)
+            if content is None:
+                ok = False
+                continue
+            clean["content"] = content
+        for key in ("tool_calls", "name", "tool_call_id"):
+            if msg.get(key) is not None:
+                clean[key] = msg[key]
+        out.append(clean)
+    return out if ok else None
+
+
+def norm_sharegpt(value, field: str, problems: list) -> list[dict] | None:
+    """ShareGPT from/value turns into role/content messages (function_call -> assistant, observation -> tool)."""
+    if not isinstance(value, list):
+        problems.append(("error", field, f"expected a list of turns, got {_type_name(value)}", None))
+        return None
+    if not value:
+        problems.append(("error", field, "the conversation is empty; add at least a human and a gpt turn", None))
+        return None
+    out, ok = [], True
+    for i, turn in enumerate(value):
+        where = f"{field}[{i}]"
+        if not isinstance(turn, dict):
+            problems.append(("error", where, f"expected a turn object with from and value, got "
+                                             f"{_type_name(turn)}", None))
+            ok = False
+            continue
+        source = turn.get("from", turn.get("role"))
+        role = SHAREGPT_ROLES.get(source) if isinstance(source, str) else None
+        if role is None:
+            problems.append(("error", f"{where}.from", f"unknown role {source!r}; use human, gpt, system, "
+                                                       "function_call or observation", None))
+            ok = False
+            continue
+        content = _content(turn.get("value", turn.get("content")), f"{where}.value", role, problems)
+        if content is None:
+            ok = False
+            continue
+        out.append({"role": role, "content": content})
+    return out if ok else None
+
+
+def _tools(row: dict, problems: list):
+    tools = row.get("tools")
+    if tools in (None, "", []):
+        return None
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except ValueError:
+            problems.append(("error", "tools", "tools is a string but not valid JSON; give a list of function "
+                                               "schemas", None))
+            return None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        problems.append(("error", "tools", "tools must be a list of function schema objects", None))
+        return None
+    return tools
+
+
+def _system(row: dict, messages: list[dict]) -> list[dict]:
+    system = row.get("system")
+    if isinstance(system, str) and system.strip() and not (messages and messages[0]["role"] == "system"):
+        return [{"role": "system", "content": system}] + messages
+    return messages
+
+
+def _check_chat(messages: list[dict], field: str, problems: list) -> None:
+    if not any(m["role"] == "assistant" for m in messages):
+        problems.append(("error", field, "the conversation has no assistant turn, so there is nothing to train "
+                                         "on; add the answer", None))
+    elif messages[-1]["role"] != "assistant":
+        problems.append(("error", f"{field}[{len(messages) - 1}]", "the conversation ends with a "
+                         f"{messages[-1]['role']} turn, not an assistant turn, so its last message would never "
+                         "be trained; remove it or add the answer", ("sft",)))
+
+
+def _side(value, field: str, problems: list, default_role: str, sharegpt: bool = False) -> list[dict] | None:
+    """A prompt or answer given as a string, one message object or a message list."""
+    if isinstance(value, str):
+        if not value.strip():
+            problems.append(("error", field, f"{field} is empty; write the text", None))
+            return None
+        return [{"role": default_role, "content": value}]
+    if isinstance(value, dict):
+        value = [value]
+    if isinstance(value, list):
+        first = value[0] if value else None
+        if sharegpt or (isinstance(first, dict) and "from" in first and "role" not in first):
+            return norm_sharegpt(value, field, problems)
+        return norm_messages(value, field, problems)
+    if value is None:
+        problems.append(("error", field, f"{field} is missing; every row needs it", None))
+    else:
+        problems.append(("error", field, f"{field} must be a string or a list of messages, got "
+                                         f"{_type_name(value)}", None))
+    return None
+
+
+def _answer(messages: list[dict] | None, field: str, problems: list) -> list[dict] | None:
+    if messages is None:
+        return None
+    if messages[-1]["role"] != "assistant":
+        problems.append(("error", field, f"{field} must end with an assistant message, got "
+                                         f"{messages[-1]['role']}", None))
+        return None
+    return messages
+
+
+def normalise(fmt: str, row: dict, problems: list) -> dict | None:
+    """The canonical row of kind KIND[fmt], or None when the row has errors (appended to problems)."""
+    return _NORMALISERS[fmt](row, problems)
+
+
+def _n_messages(row, problems):
+    key = "messages" if "messages" in row else "conversations"
+    messages = norm_messages(row.get(key), key, problems)
+    tools = _tools(row, problems)
+    if messages is None:
+        return None
+    messages = _system(row, messages)
+    _check_chat(messages, key, problems)
+    return {"messages": messages, "tools": tools} if tools else {"messages": messages}
+
+
+def _n_sharegpt(row, problems):
+    key = "conversations" if "conversations" in row else "messages"
+    messages = norm_sharegpt(row.get(key), key, problems)
+    tools = _tools(row, problems)
+    if messages is None:
+        return None
+    messages = _system(row, messages)
+    _check_chat(messages, key, problems)
+    return {"messages": messages, "tools": tools} if tools else {"messages": messages}
+
+
+def _text(row, key, problems, required=True):
+    value = row.get(key)
+    if value is None or value == "":
+        if required:
+            problems.append(("error", key, f"{key} is {'missing' if value is None else 'empty'}; every row "
+                                           "needs it", None))
+        return None
+    if not isinstance(value, str):
+        problems.append(("error", key, f"{key} must be a string, got {_type_name(value)}", None))
+        return None
+    if required and not value.strip():
+        problems.append(("error", key, f"{key} is empty; write the text", None))
+        return None
+    return value
+
+
+def _n_alpaca(row, problems):
+    instruction = _text(row, "instruction", problems)
+    extra = _text(row, "input", problems, required=False)
+    output = _text(row, "output", problems)
+    history = row.get("history") or []
+    messages = []
+    if not isinstance(history, list) or not all(isinstance(h, (list, tuple)) and len(h) == 2
+                                                and all(isinstance(x, str) for x in h) for h in history):
+        problems.append(("error", "history", "history must be a list of [question, answer] string pairs", None))
+        return None
+    if instruction is None or output is None:
+        return None
+    for question, answer in history:
+        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+    prompt = f"{instruction}\n{extra}" if extra and extra.strip() else instruction
+    messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+    return {"messages": _system(row, messages)}
+
+
+def _n_prompt_completion(row, problems):
+    prompt = _side(row.get("prompt"), "prompt", problems, "user")
+    completion = _answer(_side(row.get("completion"), "completion", problems, "assistant"), "completion",
+                         problems)
+    if prompt is None or completion is None:
+        return None
+    if any(m["role"] == "assistant" for m in prompt):
+        problems.append(("warning", "prompt", "the prompt holds assistant turns, which SFT trains too; move "
+                                              "them out of the prompt if they should not be learned", ("sft",)))
+    return {"messages": _system(row, prompt + completion)}
+
+
+def _strip_prompt(prompt, answer):
+    """Answers saved as whole conversations (prompt repeated in front): keep only the new turns."""
+    if prompt and answer and len(answer) > len(prompt) and answer[:len(prompt)] == prompt:
+        return answer[len(prompt):]
+    return answer
+
+
+def _pair(row, problems, prompt, sharegpt=False):
+    chosen = _side(row.get("chosen"), "chosen", problems, "assistant", sharegpt)
+    rejected = _side(row.get("rejected"), "rejected", problems, "assistant", sharegpt)
+    tools = _tools(row, problems)
+    if chosen is None or rejected is None:
+        return None
+    if prompt is None and "prompt" not in row and "conversations" not in row:
+        # implicit prompt: chosen and rejected are whole conversations sharing everything but the last turn
+        if len(chosen) > 1 and chosen[:-1] == rejected[:-1]:
+            prompt, chosen, rejected = chosen[:-1], chosen[-1:], rejected[-1:]
+        else:
+            problems.append(("error", "prompt", "prompt is missing and chosen/rejected do not share a prompt; "
+                                                "add a prompt column", None))
+            return None
+    if prompt is None:
+        return None
+    chosen, rejected = _strip_prompt(prompt, chosen), _strip_prompt(prompt, rejected)
+    chosen = _answer(chosen, "chosen", problems)
+    rejected = _answer(rejected, "rejected", problems)
+    if chosen is None or rejected is None:
+        return None
+    if chosen == rejected:
+        problems.append(("error", "rejected", "chosen and rejected are identical, so the pair teaches nothing; "
+                                              "fix one answer or remove the row", PREF_STAGES))
+    out = {"prompt": _system(row, prompt), "chosen": chosen, "rejected": rejected}
+    if tools:
+        out["tools"] = tools
+    return out
+
+
+def _n_preference(row, problems):
+    prompt = _side(row["prompt"], "prompt", problems, "user") if row.get("prompt") is not None else None
+    if prompt is None and "prompt" in row and row["prompt"] is None:
+        problems.append(("error", "prompt", "prompt is missing; every row needs it", None))
+        return None
+    return _pair(row, problems, prompt)
+
+
+def _n_sharegpt_preference(row, problems):
+    key = "conversations" if "conversations" in row else "messages"
+    prompt = _side(row.get(key), key, problems, "user", sharegpt=key == "conversations")
+    return _pair(row, problems, prompt, sharegpt=key == "conversations")
+
+
+def parse_label(value):
+    """True / False from booleans, 0/1 and thumbs-up/down style strings; None when not a label."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in TRUE_LABELS:
+            return True
+        if text in FALSE_LABELS:
+            return False
+    return None
+
+
+def _n_kto(row, problems):
+    prompt = _side(row.get("prompt"), "prompt", problems, "user")
+    completion = _answer(_side(row.get("completion"), "completion", problems, "assistant"), "completion",
+                         problems)
+    label = parse_label(row.get("label"))
+    if label is None:
+        shown = json.dumps(row.get("label"), ensure_ascii=False)[:40]
+        problems.append(("error", "label", f"label must be true or false (or 1/0), got {shown}", None))
+    if prompt is None or completion is None or label is None:
+        return None
+    return {"prompt": _system(row, prompt), "completion": completion, "label": label}
+
+
+_NORMALISERS = {"messages": _n_messages, "sharegpt": _n_sharegpt, "alpaca": _n_alpaca,
+                "prompt_completion": _n_prompt_completion, "preference": _n_preference,
+                "sharegpt_preference": _n_sharegpt_preference, "kto": _n_kto}
+
+
+def to_stage(canon: dict, kind: str, stage: str) -> list[dict]:
+    """The rows a stage trains on for one canonical row (0, 1 or, for KTO from pairs, 2 rows)."""
+    if stage == "sft":
+        if kind == "chat":
+            return [canon]
+        if kind == "preference":
+            row = {"messages": canon["prompt"] + canon["chosen"]}
+        elif canon["label"]:
+            row = {"messages": canon["prompt"] + canon["completion"]}
+        else:
+            return []              # an undesirable answer is not something to imitate
+        if canon.get("tools"):
+            row["tools"] = canon["tools"]
+        return [row]
+    if stage in ("dpo", "orpo"):
+        return [canon] if kind == "preference" else []
+    if stage == "kto":
+        if kind == "kto":
+            return [canon]
+        if kind == "preference":   # unpaired, as TRL does: chosen is desirable, rejected is not
+            return [{"prompt": canon["prompt"], "completion": canon["chosen"], "label": True},
+                    {"prompt": canon["prompt"], "completion": canon["rejected"], "label": False}]
+    return []
+
+
+def incompatibility(kind: str, fmt: str, stage: str) -> str | None:
+    """Why data of this kind cannot feed this stage (one sentence), or None."""
+    if kind in STAGE_KINDS[stage]:
+        return None
+    name = FORMATS.get(fmt, fmt)
+    if stage in ("dpo", "orpo"):
+        return (f"{stage.upper()} needs a chosen and a rejected answer for each prompt, but this is {name} data "
+                "with a single answer per prompt (SFT data); use stage sft, or provide columns prompt, chosen "
+                "and rejected")
+    if stage == "kto":
+        return (f"KTO needs answers labelled good or bad, but this is {name} data without labels; use stage "
+                "sft, or provide columns prompt, completion and label (true/false)")
+    return f"{stage} cannot use {name} data"

@@ -1,0 +1,279 @@
+"""Validation: stream a dataset once, detect its shape, normalise every row and report every problem.
+
+Errors block a stage (nothing is trained while any row has an error, unless the caller explicitly skips
+invalid rows); warnings do not. Checks: file-level (path, size, binary, pickle, encoding, JSON syntax),
+per row (invalid JSON, missing / empty / non-string content, unknown roles, no final assistant turn for SFT,
+chosen == rejected, non-boolean labels, exact duplicates, rows over the per-row size limit), per stage
+(format compatibility, at least MIN_ROWS rows, room for the eval split) and, with a tokenizer, token
+lengths after the chat template (rows cut by max_length, rows that would lose their whole answer).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backend.data import formats
+from backend.data.readers import FileRejected, Record, content_hash, inspect_file, read_records
+from backend.data.report import STAGES, IssueLog, StageCompat, ValidationReport
+
+MIN_ROWS = 10            # fewer usable rows than this is not a training set
+DETECT_SAMPLE = 100      # rows looked at to decide the format
+DEFAULT_MAX_LENGTH = 512
+DEFAULT_EVAL_FRACTION = 0.1
+
+
+@dataclass
+class Scan:
+    """A validated dataset: the report plus the canonical rows (with their source row numbers)."""
+    report: ValidationReport
+    log: IssueLog
+    kind: str | None = None
+    rows: list[tuple[int, dict]] = field(default_factory=list)
+
+    def stage_rows(self, stage: str, skip_invalid: bool = True) -> list[dict]:
+        out = []
+        for number, canon in self.rows:
+            if skip_invalid and not self.log.row_ok(number, stage):
+                continue
+            out.extend(formats.to_stage(canon, self.kind, stage))
+        return out
+
+    def stage_rows_numbered(self, stage: str) -> list[tuple[int, dict]]:
+        return [(n, r) for n, canon in self.rows if self.log.row_ok(n, stage)
+                for r in formats.to_stage(canon, self.kind, stage)]
+
+    def count_stage_rows(self, stage: str) -> int:
+        """len(stage_rows(stage)) without building the rows."""
+        ok = [canon for n, canon in self.rows if self.log.row_ok(n, stage)]
+        if stage == "sft" and self.kind == "kto":
+            return sum(1 for canon in ok if canon["label"])
+        if stage == "kto" and self.kind == "preference":
+            return 2 * len(ok)
+        return len(ok) if self.kind in formats.STAGE_KINDS[stage] else 0
+
+
+def split_sizes(n: int, eval_fraction: float) -> tuple[int, int]:
+    """(train rows, eval rows) for an eval_fraction (the trainer should split with the same numbers)."""
+    if eval_fraction <= 0 or n == 0:
+        return n, 0
+    n_eval = round(n * eval_fraction)
+    return n - n_eval, n_eval
+
+
+def scan(path: str | Path, column_mapping: dict | None = None, format_name: str | None = None,
+         display_name: str | None = None) -> Scan:
+    """Read, detect and normalise; stage checks are added by `finish`."""
+    report = ValidationReport(path=str(display_name or path), format=None, column_mapping=column_mapping)
+    log = IssueLog()
+    result = Scan(report, log)
+    try:
+        resolved, reader_kind, size = inspect_file(path)
+        report.file_size = size
+        report.content_hash = content_hash(resolved)
+        _read_rows(result, read_records(resolved, reader_kind), column_mapping, format_name)
+    except FileRejected as exc:
+        log.error(str(exc))
+    return result
+
+
+def _read_rows(result: Scan, records, mapping, format_name) -> None:
+    report, log = result.report, result.log
+    if format_name is not None and format_name not in formats.FORMATS:
+        raise FileRejected(f"unknown format {format_name!r}; use one of {', '.join(formats.FORMATS)}")
+    buffer: list[Record] = []
+    fmt, kind = None, None
+    seen: set[int] = set()      # hashes of raw rows: exact duplicates
+    rows = result.rows
+    columns: dict[str, None] = {}
+
+    def handle(rec: Record) -> None:
+        data = formats.apply_mapping(rec.data, mapping) if mapping else rec.data
+        key = rec.key if rec.key is not None else hash(json.dumps(rec.data, sort_keys=True, default=str))
+        if key in seen:
+            log.warning("exact duplicate of an earlier row, so it counts twice in training; remove it "
+                        "if that is not intended", rec.row)
+        else:
+            seen.add(key)
+        problems: list = []
+        canon = formats.normalise(fmt, data, problems)
+        for severity, where, message, stages in problems:
+            log.add(severity, message, rec.row, where, stages)
+        if canon is not None:
+            rows.append((rec.row, canon))
+
+    def decide() -> bool:
+        nonlocal fmt, kind
+        for rec in buffer[:DETECT_SAMPLE]:
+            columns.update(dict.fromkeys(rec.data))
+        if format_name:
+            fmt = format_name
+        else:
+            sample = [formats.apply_mapping(r.data, mapping) if mapping else r.data for r in buffer]
+            fmt, reason = formats.detect_format(sample)
+            if fmt is None:
+                log.error(reason)
+                return False
+        kind = formats.KIND[fmt]
+        for rec in buffer:
+            handle(rec)
+        buffer.clear()
+        return True
+
+    count = 0
+    detected = None
+    for item in records:
+        count += 1
+        if not isinstance(item, Record):
+            log.error(item.message, item.row, item.field)
+            continue
+        if detected is None:
+            buffer.append(item)
+            if len(buffer) >= DETECT_SAMPLE:
+                detected = decide()
+        elif detected:
+            handle(item)
+    if detected is None:
+        detected = decide() if buffer or format_name else False
+        if not detected and not log.groups("error"):
+            log.error("the file holds no rows; add at least 10 rows")
+    report.rows = count
+    report.columns = list(columns)
+    report.format, report.kind = fmt, kind
+    result.kind = kind
+    report.usable_rows = sum(1 for n, _ in rows if n not in log.bad_rows or log.bad_rows[n] is not None)
+
+
+def finish(result: Scan, stage: str | None = None, tokenizer=None, max_length: int = DEFAULT_MAX_LENGTH,
+           eval_fraction: float = DEFAULT_EVAL_FRACTION) -> ValidationReport:
+    """Stage compatibility, size checks, token lengths and stats: completes result.report."""
+    report, log, kind = result.report, result.log, result.kind
+    if stage is not None and stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
+    report.stage, report.max_length, report.eval_fraction = stage, max_length, eval_fraction
+    target = stage or (formats.NATURAL_STAGE[kind] if kind else None)
+    if kind:
+        _stats(result)
+        if stage and formats.incompatibility(kind, report.format, stage):
+            log.error(formats.incompatibility(kind, report.format, stage), stages=(stage,))
+        if target and formats.incompatibility(kind, report.format, target) is None:
+            if not 0 <= eval_fraction < 1:
+                log.error(f"eval_fraction must be between 0 and 1, got {eval_fraction}; use e.g. 0.1",
+                          stages=(target,))
+            n = result.count_stage_rows(target)
+            train, held = split_sizes(n, eval_fraction if 0 <= eval_fraction < 1 else 0)
+            report.split = {"stage": target, "train": train, "eval": held}
+            if n < MIN_ROWS:
+                log.error(f"only {n} usable rows for {target.upper()}; at least {MIN_ROWS} are needed to train, "
+                          "so add rows or fix the errors", stages=(target,))
+            elif eval_fraction > 0 and held == 0:
+                log.error(f"eval_fraction {eval_fraction} of {n} rows is less than one row, so the eval split "
+                          "would be empty; add rows, raise eval_fraction or set it to 0", stages=(target,))
+            elif train < MIN_ROWS:
+                log.error(f"holding out {held} of {n} rows for evaluation (eval_fraction {eval_fraction}) "
+                          f"leaves {train} to train on, under the minimum of {MIN_ROWS}; add rows or set "
+                          "eval_fraction to 0", stages=(target,))
+            if tokenizer is not None:
+                _token_checks(result, tokenizer, target, max_length)
+    elif stage and not log.groups("error"):
+        log.error("the dataset format could not be detected")
+    file_error = next((g for g in log.groups("error") if g.row is None and g.stages is None), None)
+    for name in STAGES:
+        report.stages[name] = _compat(result, name, file_error)
+    report.errors = log.groups("error")
+    report.warnings = log.groups("warning")
+    return report
+
+
+def _compat(result: Scan, stage: str, file_error) -> StageCompat:
+    report, log, kind = result.report, result.log, result.kind
+    name = report.path and Path(report.path).name
+    if file_error is not None or kind is None:
+        reason = file_error.sentence(name) if file_error else "the dataset format could not be detected"
+        return StageCompat(False, 0, reason)
+    reason = formats.incompatibility(kind, report.format, stage)
+    if reason:
+        return StageCompat(False, 0, reason)
+    n = result.count_stage_rows(stage)
+    errors = [g for g in log.groups("error") if g.applies_to(stage)]
+    if errors:
+        first = errors[0].sentence(name)
+        kinds = len(errors) - 1
+        more = f" ({kinds} more kind{'s' if kinds > 1 else ''} of problem in the report)" if kinds else ""
+        return StageCompat(False, n, first + more)
+    if n < MIN_ROWS:
+        return StageCompat(False, n, f"only {n} usable rows for {stage.upper()}; at least {MIN_ROWS} are needed")
+    note = None
+    if kind == "preference" and stage == "sft":
+        note = "SFT trains on the chosen answers; rejected answers are ignored"
+    elif kind == "kto" and stage == "sft":
+        note = "SFT trains on the rows labelled true only"
+    elif kind == "preference" and stage == "kto":
+        note = "each pair becomes two KTO rows: chosen labelled true, rejected labelled false"
+    return StageCompat(True, n, note)
+
+
+def _percentile(sorted_values: list[int], q: float) -> int:
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def _token_checks(result: Scan, tokenizer, stage: str, max_length: int) -> None:
+    from backend.data.tokens import measure_rows
+
+    log = result.log
+    numbered = result.stage_rows_numbered(stage)
+    measured = measure_rows([r for _, r in numbered], tokenizer, stage, max_length)
+    lengths, over, lost = [], 0, 0
+    for (number, _), m in zip(numbered, measured):
+        if m["error"]:
+            log.error(m["error"], number, stages=(stage,))
+            continue
+        lengths.append(m["length"])
+        if m["lost"]:
+            # the trainer skips such rows (and counts them); training still works if enough rows remain
+            lost += 1
+            log.warning(f"the prompt alone fills max_length={max_length} tokens, so the whole answer is cut off "
+                        "and the trainer skips the row; raise max_length or shorten the prompt", number,
+                        stages=(stage,))
+        elif m["length"] > max_length:
+            over += 1
+            log.warning(f"longer than max_length={max_length} tokens after the chat template, so the end of the "
+                        "answer is cut off; raise max_length or shorten the row", number, stages=(stage,))
+    kept = len(lengths) - lost
+    if lost and kept < MIN_ROWS:
+        log.error(f"only {kept} rows keep part of their answer within max_length={max_length} tokens ({lost} lose "
+                  f"it whole), under the minimum of {MIN_ROWS}; raise max_length or shorten the prompts",
+                  stages=(stage,))
+    if lengths:
+        lengths.sort()
+        result.report.token_lengths = {"stage": stage, "min": lengths[0], "median": int(statistics.median(lengths)),
+                                       "p95": _percentile(lengths, 0.95), "max": lengths[-1]}
+        result.report.length_values = lengths
+    result.report.over_max_length = {"max_length": max_length, "rows": over + lost, "answer_lost": lost}
+
+
+def _stats(result: Scan) -> None:
+    report, kind = result.report, result.kind
+    counts = []
+    desirable = undesirable = 0
+    for _, canon in result.rows:
+        if kind == "chat":
+            counts.append(len(canon["messages"]))
+        elif kind == "preference":
+            counts.append(len(canon["prompt"]) + 1)
+        else:
+            counts.append(len(canon["prompt"]) + len(canon["completion"]))
+            if canon["label"]:
+                desirable += 1
+            else:
+                undesirable += 1
+    if counts:
+        report.turns = {"min": min(counts), "mean": round(sum(counts) / len(counts), 2), "max": max(counts)}
+    if kind == "kto":
+        report.label_balance = {"desirable": desirable, "undesirable": undesirable}
+        total = desirable + undesirable
+        if total and min(desirable, undesirable) / total < 0.1:
+            result.log.warning(f"labels are unbalanced ({desirable} true, {undesirable} false); KTO works best "
+                               "with both kinds, or adjust desirable/undesirable weights", stages=("kto",))

@@ -1,0 +1,206 @@
+"""Job records in SQLite (`studio.db`): the source of truth for what ran, not the queue's result store.
+
+Each job also owns a run folder runs/<job_id>/ with config.yaml, metrics.jsonl, train.log, checkpoints/,
+adapter/ and card.md.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+from backend import workspace
+from backend.config import JobConfig
+
+STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
+FINAL_STATUSES = ("completed", "failed", "cancelled")
+CLAIMABLE = ("queued", "interrupted")
+MAX_ATTEMPTS = 3
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    method TEXT NOT NULL,
+    model TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    config_yaml TEXT NOT NULL,
+    step INTEGER NOT NULL DEFAULT 0,
+    total_steps INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
+    heartbeat REAL,
+    control TEXT,
+    last_checkpoint TEXT,
+    reason TEXT,
+    results_json TEXT,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    task_id TEXT
+)
+"""
+
+
+@dataclass
+class Job:
+    id: str
+    name: str
+    status: str
+    stage: str
+    method: str
+    model: str
+    dataset: str
+    config_yaml: str
+    step: int
+    total_steps: int
+    attempts: int
+    owner: str | None
+    heartbeat: float | None
+    control: str | None
+    last_checkpoint: str | None
+    reason: str | None
+    results_json: str | None
+    created: float
+    started: float | None
+    finished: float | None
+    task_id: str | None = None
+
+    @property
+    def config(self) -> JobConfig:
+        import yaml
+        return JobConfig.from_dict(yaml.safe_load(self.config_yaml))
+
+    @property
+    def results(self) -> dict:
+        return json.loads(self.results_json) if self.results_json else {}
+
+    @property
+    def run_dir(self):
+        return workspace.run_dir(self.id)
+
+
+@contextmanager
+def connect():
+    connection = sqlite3.connect(workspace.home() / "studio.db", timeout=30, isolation_level=None)
+    connection.row_factory = sqlite3.Row
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute(_SCHEMA)
+        yield connection
+    finally:
+        connection.close()
+
+
+def new_job_id() -> str:
+    """Sortable and readable: 20261122-103000-ab12."""
+    return datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def create(config: JobConfig, status: str = "queued") -> Job:
+    """Write the run folder (config.yaml) and the job record."""
+    job_id = new_job_id()
+    run_dir = workspace.run_dir(job_id)
+    run_dir.mkdir(parents=True)
+    config.save(run_dir / "config.yaml")
+    with connect() as db:
+        db.execute(
+            "INSERT INTO jobs (id, name, status, stage, method, model, dataset, config_yaml, total_steps, created)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job_id, config.name, status, config.stage, config.method, config.model, config.dataset,
+             config.to_yaml(), max(config.training.max_steps, 0), time.time()))
+    return get(job_id)
+
+
+def get(job_id: str) -> Job | None:
+    with connect() as db:
+        row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return Job(**dict(row)) if row else None
+
+
+def list_jobs() -> list[Job]:
+    with connect() as db:
+        rows = db.execute("SELECT * FROM jobs ORDER BY created DESC").fetchall()
+    return [Job(**dict(row)) for row in rows]
+
+
+def update(job_id: str, **fields) -> None:
+    if not fields:
+        return
+    if "results" in fields:
+        fields["results_json"] = json.dumps(fields.pop("results"))
+    assignments = ", ".join(f"{name} = ?" for name in fields)
+    with connect() as db:
+        db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id))
+
+
+def claim(job_id: str, owner: str) -> Job | None:
+    """Take a queued / interrupted job for `owner` in one conditional update; None when someone else has it.
+
+    A duplicate delivery of the same queue message therefore runs nothing.
+    """
+    now = time.time()
+    with connect() as db:
+        cursor = db.execute(
+            "UPDATE jobs SET status = 'running', owner = ?, attempts = attempts + 1, heartbeat = ?, control = NULL,"
+            " reason = NULL, started = COALESCE(started, ?) WHERE id = ? AND status IN (?, ?)",
+            (owner, now, now, job_id, *CLAIMABLE))
+        claimed = cursor.rowcount == 1
+    return get(job_id) if claimed else None
+
+
+def request(job_id: str, control: str) -> None:
+    """Ask a running job to stop cooperatively: 'cancel' (ends cancelled) or 'preempt' (ends interrupted)."""
+    update(job_id, control=control)
+
+
+def heartbeat(job_id: str) -> None:
+    with connect() as db:
+        db.execute("UPDATE jobs SET heartbeat = ? WHERE id = ?", (time.time(), job_id))
+
+
+def cancel_queued(job_id: str) -> bool:
+    """Cancel a job that has not started (one conditional update)."""
+    with connect() as db:
+        cursor = db.execute(
+            "UPDATE jobs SET status = 'cancelled', finished = ?, reason = 'cancelled before it started'"
+            " WHERE id = ? AND status IN (?, ?)", (time.time(), job_id, *CLAIMABLE))
+        return cursor.rowcount == 1
+
+
+def requeue(job_id: str, reset_attempts: bool = False) -> bool:
+    """Make a stopped job claimable again (resume); returns False when it is running or completed."""
+    extra = ", attempts = 0" if reset_attempts else ""
+    with connect() as db:
+        cursor = db.execute(
+            f"UPDATE jobs SET status = 'queued', control = NULL, finished = NULL{extra}"
+            " WHERE id = ? AND status IN ('interrupted', 'cancelled', 'failed', 'queued')", (job_id,))
+        return cursor.rowcount == 1
+
+
+def mark_interrupted_or_failed(job_id: str, why: str, expected_owner: str | None = None) -> str:
+    """After a crash: interrupted (to be re-queued) while attempts remain, else failed. Returns the status."""
+    job = get(job_id)
+    if job is None or job.status != "running" or (expected_owner and job.owner != expected_owner):
+        return job.status if job else "missing"
+    if job.attempts >= MAX_ATTEMPTS:
+        status, reason = "failed", f"{why} on each of {job.attempts} attempts; see train.log"
+    else:
+        status, reason = "interrupted", why
+    with connect() as db:
+        db.execute("UPDATE jobs SET status = ?, reason = ?, finished = ? WHERE id = ? AND status = 'running'",
+                   (status, reason, time.time() if status == "failed" else None, job_id))
+    return status
+
+
+def stale_running_jobs(stale_after_s: float, is_dead_owner) -> list[Job]:
+    """Running jobs whose heartbeat is older than stale_after_s, or whose owner is known dead."""
+    now = time.time()
+    return [job for job in list_jobs() if job.status == "running"
+            and (is_dead_owner(job.owner) or (job.heartbeat or 0) < now - stale_after_s)]

@@ -1,0 +1,221 @@
+"""What every stage shares: precision, the base model with its adapter, the eval split, saving.
+
+Kept flat on purpose: each stage file calls these in order, top to bottom.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from backend import methods, models
+from backend.config import JobConfig
+
+log = logging.getLogger("lorastudio")
+
+
+def precision_flags(config: JobConfig) -> dict:
+    """bf16 / fp16 / use_cpu flags for TrainingArguments and the dtype to load the base in.
+
+    use_cpu matters beyond speed: without it a torchrun launch on CPU trains as separate single processes.
+    """
+    import torch
+
+    choice = config.training.precision
+    cuda = torch.cuda.is_available()
+    if choice == "auto":
+        choice = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+    return {"bf16": choice == "bf16", "fp16": choice == "fp16", "dtype": dtype, "use_cpu": not cuda}
+
+
+def load_peft_model(config: JobConfig, run_dir: Path, dtype):
+    """The base model (4-bit for qlora/qdora) with a trainable adapter: new, or the init_adapter's.
+
+    Returns (model, model_info, pissa_init_dir): for PiSSA the initial adapter is saved so the final one can
+    be converted to a plain LoRA relative to the untouched base.
+    """
+    import torch
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+    from transformers import set_seed
+
+    set_seed(config.training.seed)
+    info = models.resolve(config.model)
+    plan = methods.build(config, compute_dtype=dtype)
+    device_map = {"": 0} if torch.cuda.is_available() else None
+    if plan.quantization_config is not None and device_map is None:
+        device_map = {"": "cpu"}
+    base = models.load_model(config.model, dtype=dtype, quantization_config=plan.quantization_config,
+                             device_map=device_map)
+    if plan.quantization_config is not None:
+        base = prepare_model_for_kbit_training(
+            base, use_gradient_checkpointing=config.training.gradient_checkpointing)
+    base.config.use_cache = False
+    pissa_init_dir = None
+    if config.init_adapter:
+        model = PeftModel.from_pretrained(base, init_adapter_dir(config.init_adapter), is_trainable=True)
+    else:
+        model = get_peft_model(base, plan.lora_config)
+        if config.method == "pissa":
+            pissa_init_dir = run_dir / "pissa-init"
+            adapter = model.peft_config["default"]
+            init = adapter.init_lora_weights
+            adapter.init_lora_weights = True  # saved as a plain LoRA so peft can convert against it later
+            model.save_pretrained(pissa_init_dir)
+            adapter.init_lora_weights = init
+    return model, info, pissa_init_dir
+
+
+def init_adapter_dir(job_id: str) -> Path:
+    """The saved adapter of a finished job, or a one-sentence error naming what is missing."""
+    from backend import workspace
+
+    adapter_dir = workspace.run_dir(job_id) / "adapter"
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ValueError(f"init_adapter: job '{job_id}' has no saved adapter ({adapter_dir}); pick a finished job")
+    return adapter_dir
+
+
+def check_init_adapter(config: JobConfig) -> None:
+    """Before anything loads: a chained job must start from a finished job trained on the same base model."""
+    if not config.init_adapter:
+        return
+    from backend.card import read_card_facts
+
+    adapter_dir = init_adapter_dir(config.init_adapter)
+    parent = read_card_facts(adapter_dir.parent / "card.md").get("base_model") or {}
+    info = models.resolve(config.model)
+    ours, theirs = info.weights_sha256, parent.get("weights_sha256")
+    if parent.get("name") and parent["name"] != info.name and not (ours and ours == theirs):
+        raise ValueError(f"init_adapter: job '{config.init_adapter}' was trained on {parent['name']}, not "
+                         f"{info.name}; choose a job of the same base model or set model: {parent['name']}")
+
+
+def preference_args(config: JobConfig, run_dir: Path, precision: dict, has_eval: bool) -> dict:
+    """TrainingArguments shared by the preference stages (DPO, ORPO, KTO), as keyword arguments.
+
+    Everything is set explicitly: TRL's preference configs default to bf16 and gradient checkpointing on, which
+    would silently override the job's settings.
+    """
+    settings = config.training
+    return dict(
+        output_dir=str(run_dir / "checkpoints"),
+        max_steps=settings.max_steps if settings.max_steps > 0 else -1,
+        num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.batch_size,
+        per_device_eval_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.lr_scheduler,
+        warmup_steps=float(settings.warmup_ratio),  # a float below 1 is a ratio of the total steps
+        weight_decay=settings.weight_decay,
+        max_grad_norm=settings.max_grad_norm,
+        logging_steps=settings.logging_steps,
+        save_steps=settings.save_steps,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=settings.eval_steps,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        bf16=precision["bf16"],
+        fp16=precision["fp16"],
+        gradient_checkpointing=settings.gradient_checkpointing,
+        max_length=settings.max_length,
+        beta=config.alignment.beta,
+        report_to=[],
+        save_total_limit=3,
+        disable_tqdm=False,
+    )
+
+
+def prompt_fits(tokenizer, prompt: list[dict], max_length: int, tools=None) -> bool:
+    """Whether a prompt leaves room for at least one answer token within max_length."""
+    kwargs = {"tools": tools} if tools else {}
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True, **kwargs)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"]) < max_length
+
+
+def allow_reference_copy(model) -> None:
+    """Before a TRL preference trainer is built around a PeftModel.
+
+    TRL adds a frozen "ref" adapter copied from "default" (see choose_reference). Adding an adapter re-runs its
+    init; a PiSSA init would decompose the (already residual) base weights again and corrupt them, so the init
+    is marked plain (B = 0) before the copy. The PiSSA conversion at save time does not need the marker.
+    """
+    adapter = model.peft_config["default"]
+    if isinstance(getattr(adapter, "init_lora_weights", True), str):
+        adapter.init_lora_weights = True
+
+
+def choose_reference(model, config: JobConfig) -> str:
+    """After the trainer is built: the reference policy of DPO / KTO, with no second copy of the base.
+
+    - A new LoRA / DoRA / QLoRA adapter starts as a no-op, so the reference is the base itself: the "ref" copy
+      TRL made is dropped and the reference pass runs with the adapter disabled.
+    - A chained job (init_adapter) keeps "ref", a frozen copy of the starting adapter: the reference is base +
+      SFT adapter, as the DPO recipe requires, over the same base weights.
+    - PiSSA keeps "ref" too: its base holds the residual, so only base + initial adapter is the original model.
+    """
+    if "ref" not in model.peft_config:
+        return "base model (adapter disabled)"
+    if config.init_adapter:
+        return f"base + adapter of job {config.init_adapter} (frozen copy)"
+    if config.method == "pissa":
+        return "base + initial PiSSA adapter (frozen copy)"
+    model.delete_adapter("ref")
+    return "base model (adapter disabled)"
+
+
+def last_values(metrics: list[dict], keys) -> dict:
+    """The last logged training value of each key (eval_ keys are logged under their own names)."""
+    values = {}
+    for key in keys:
+        logged = [m[key] for m in metrics if isinstance(m.get(key), (int, float)) and "loss" in m]
+        values[key] = logged[-1] if logged else None
+    return values
+
+
+def loraplus_optimizer(model, config: JobConfig):
+    """AdamW with B's learning rate raised by loraplus_ratio, or None to let the trainer build its own."""
+    if not config.lora.loraplus_ratio:
+        return None
+    import torch
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(model=model, optimizer_cls=torch.optim.AdamW,
+                                     lr=config.training.learning_rate,
+                                     loraplus_lr_ratio=config.lora.loraplus_ratio,
+                                     weight_decay=config.training.weight_decay)
+
+
+def split_rows(rows: list, eval_fraction: float, seed: int) -> tuple[list, list]:
+    """A seeded train / eval split; no eval split when the fraction would leave it empty."""
+    import random
+
+    if eval_fraction <= 0 or len(rows) < 2:
+        return list(rows), []
+    count = int(round(len(rows) * eval_fraction))
+    if count < 1:
+        return list(rows), []
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    eval_ids = set(order[:count])
+    return ([r for i, r in enumerate(rows) if i not in eval_ids], [r for i, r in enumerate(rows) if i in eval_ids])
+
+
+def save_adapter(model, tokenizer, run_dir: Path, pissa_init_dir: Path | None) -> Path:
+    """Standard PEFT files plus the tokenizer (with the training chat template) in runs/<id>/adapter/."""
+    adapter_dir = run_dir / "adapter"
+    staging = run_dir / ".adapter.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    if pissa_init_dir is not None:
+        # convert PiSSA (residual base) into a plain LoRA against the original weights
+        model.save_pretrained(staging, path_initial_model_for_weight_conversion=str(pissa_init_dir),
+                              selected_adapters=["default"])
+    else:
+        model.save_pretrained(staging, selected_adapters=["default"])  # not a preference stage's frozen "ref"
+    tokenizer.save_pretrained(staging)
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    staging.rename(adapter_dir)
+    if pissa_init_dir is not None:
+        shutil.rmtree(pissa_init_dir, ignore_errors=True)
+    return adapter_dir

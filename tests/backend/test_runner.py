@@ -1,0 +1,33 @@
+"""run_job in this process: the record's end state, out-of-memory handling and auto_batch_size."""
+from backend import jobs
+from backend.config import JobConfig
+from backend.runner import run_job
+
+
+def create_job(model: str, **training) -> str:
+    settings = {"max_steps": 3, "batch_size": 4, "max_length": 96, "eval_fraction": 0.0, "save_steps": 100}
+    settings.update(training)
+    job = jobs.create(JobConfig.from_dict({"model": model, "lora": {"r": 4, "alpha": 8}, "training": settings}))
+    jobs.claim(job.id, owner="inline:test:1")
+    return job.id
+
+
+def test_completed_job_records_results(tiny_model):
+    job = run_job(create_job(tiny_model))
+    assert job.status == "completed" and job.step == 3 and job.results["steps"] == 3
+    assert job.results["final_train_loss"] is not None and (job.run_dir / "card.md").exists()
+
+
+def test_out_of_memory_fails_with_the_suggestion(tiny_model, monkeypatch):
+    monkeypatch.setenv("LORASTUDIO_FAULT", "oom_if_batch_over:2")
+    job = run_job(create_job(tiny_model))
+    assert job.status == "failed"
+    assert job.reason.startswith("out of memory") and "smaller batch_size" in job.reason and "qlora" in job.reason
+
+
+def test_auto_batch_size_retries_with_half_the_batch(tiny_model, monkeypatch):
+    monkeypatch.setenv("LORASTUDIO_FAULT", "oom_if_batch_over:2")
+    job = run_job(create_job(tiny_model, auto_batch_size=True))
+    assert job.status == "completed", job.reason
+    assert job.config.training.batch_size == 2 and job.config.training.grad_accum == 2
+    assert "retrying with batch_size=2" in (job.run_dir / "train.log").read_text()

@@ -1,0 +1,76 @@
+"""Shared fixtures: an isolated workspace per test, the bundled model converted once per session, and tiny
+random models built from a config (hidden size 64, 2 layers) that carry the bundled tokenizer."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")          # never reach for the network in tests
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+
+BUNDLED = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def bundled_model_dir(tmp_path_factory) -> Path:
+    """The bundled SmolLM2, converted from its GGUF once for the whole session."""
+    home = tmp_path_factory.mktemp("bundled-home")
+    previous = os.environ.get("LORASTUDIO_HOME")
+    os.environ["LORASTUDIO_HOME"] = str(home)
+    try:
+        from backend import models
+        info = models.ensure_bundled_model()
+    finally:
+        if previous is None:
+            os.environ.pop("LORASTUDIO_HOME", None)
+        else:
+            os.environ["LORASTUDIO_HOME"] = previous
+    return Path(info.path)
+
+
+@pytest.fixture(autouse=True)
+def workspace(tmp_path, monkeypatch, request) -> Path:
+    """A fresh $LORASTUDIO_HOME for every test; the converted bundled model is linked in when already built."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("LORASTUDIO_HOME", str(home))
+    (home / "models").mkdir(parents=True)
+    if "bundled_model_dir" in request.fixturenames or "smol_tokenizer" in request.fixturenames \
+            or "tiny_model_dir" in request.fixturenames:
+        source = request.getfixturevalue("bundled_model_dir")
+        (home / "models" / BUNDLED).symlink_to(source, target_is_directory=True)
+    return home
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer(bundled_model_dir):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(bundled_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, bundled_model_dir) -> Path:
+    """A random 2-layer llama (hidden 64) saved as safetensors with the bundled tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=1024,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_model(tiny_model_dir, workspace) -> str:
+    """The tiny model registered in this test's workspace; returns its registry name."""
+    from backend import models
+    return models.import_model(tiny_model_dir, name="tiny-llama").name

@@ -1,0 +1,154 @@
+"""The queue end to end with real consumer and training subprocesses (tiny model, slowed steps)."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+from backend import jobs
+from tests.workers.conftest import complete_checkpoints, job_status, loss_steps, wait_until
+
+SLOW = {"LORASTUDIO_FAULT": "slow_steps:0.4"}
+
+
+def test_queued_job_completes_and_metrics_stream_while_running(start_worker, submit):
+    job_id = submit()
+    worker = start_worker(**SLOW)
+    wait_until(lambda: job_status(job_id) == "running" and len(loss_steps(job_id)) >= 2, what="streamed metrics")
+    wait_until(lambda: job_status(job_id) == "completed", what="completion")
+    job = jobs.get(job_id)
+    assert loss_steps(job_id) == list(range(1, 13)) and job.attempts == 1
+    assert (job.run_dir / "adapter" / "adapter_model.safetensors").exists()
+    # restarting the worker keeps the history
+    assert worker.terminate() == 0
+    start_worker()
+    listing = subprocess.run([sys.executable, "-m", "cli", "jobs", "list", "--json"], capture_output=True, text=True)
+    shown = {j["id"]: j for j in json.loads(listing.stdout)["jobs"]}
+    assert shown[job_id]["status"] == "completed" and shown[job_id]["step"] == 12
+
+
+def test_kill_9_of_the_consumer_group_resumes_from_the_last_checkpoint(start_worker, submit):
+    job_id = submit()
+    worker = start_worker(**SLOW)
+    wait_until(lambda: complete_checkpoints(job_id) and loss_steps(job_id)[-1:] >= [4], what="a checkpoint")
+    worker.kill_group()
+    assert job_status(job_id) == "running"  # nobody could write the end: the reaper must find it
+    start_worker()
+    wait_until(lambda: job_status(job_id) == "completed", what="the resumed job to complete")
+    steps = loss_steps(job_id)
+    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+    assert steps[restart] > 1, "the resumed run starts after the checkpoint, not from step 1"
+    assert steps[-1] == 12 and jobs.get(job_id).attempts == 2
+
+
+def test_kill_9_of_the_training_process_only_resumes_without_a_restart(start_worker, submit):
+    job_id = submit()
+    worker = start_worker(**SLOW)
+    wait_until(lambda: complete_checkpoints(job_id) and loss_steps(job_id)[-1:] >= [4], what="a checkpoint")
+    children = worker.training_children()
+    assert children, "the job trains in a subprocess of the worker"
+    for child in children:
+        child.send_signal(signal.SIGKILL)
+    wait_until(lambda: job_status(job_id) == "completed", what="completion after the crash")
+    job = jobs.get(job_id)
+    assert job.attempts == 2 and worker.process.poll() is None, "the consumer survived the crash"
+    steps = loss_steps(job_id)
+    assert steps[-1] == 12 and min(steps[steps.index(max(steps[:steps.index(12)])) + 1:] or [99]) >= 1
+
+
+def test_sigterm_checkpoints_at_the_stop_step_and_resumes_on_restart(start_worker, submit):
+    job_id = submit(save_steps=100)  # no periodic checkpoint: the one kept is the preemption's
+    worker = start_worker(**SLOW)
+    wait_until(lambda: len(loss_steps(job_id)) >= 3, what="training to run")
+    assert worker.terminate() == 0
+    job = jobs.get(job_id)
+    assert job.status == "interrupted" and job.last_checkpoint, job
+    stopped_at = int(job.last_checkpoint.split("-")[-1])
+    assert 3 <= stopped_at < 12 and complete_checkpoints(job_id) == [stopped_at]
+    start_worker()
+    wait_until(lambda: job_status(job_id) == "completed", what="completion after restart")
+    steps = loss_steps(job_id)
+    assert steps.count(stopped_at + 1) == 1 and steps[-1] == 12
+
+
+def test_a_torn_checkpoint_is_never_resumed_from(start_worker, submit):
+    job_id = submit()
+    worker = start_worker(**SLOW)
+    wait_until(lambda: complete_checkpoints(job_id) and loss_steps(job_id)[-1:] >= [4], what="a checkpoint")
+    worker.kill_group()
+    good = max(complete_checkpoints(job_id))
+    torn = jobs.get(job_id).run_dir / "checkpoints" / "checkpoint-11"
+    torn.mkdir(exist_ok=True)  # as left by a kill in the middle of a save: no COMPLETE marker
+    (torn / "adapter_model.safetensors").write_bytes(b"half written")
+    start_worker()
+    wait_until(lambda: job_status(job_id) == "completed", what="completion")
+    steps = loss_steps(job_id)
+    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+    assert steps[restart] == good + 1, f"resumed from {steps[restart] - 1}, not the complete checkpoint {good}"
+
+
+def test_cancel_while_queued_and_while_running(start_worker, submit):
+    queued = submit()
+    result = subprocess.run([sys.executable, "-m", "cli", "jobs", "cancel", queued, "--json"],
+                            capture_output=True, text=True)
+    assert json.loads(result.stdout)["status"] == "cancelled"
+    running = submit()
+    start_worker(**SLOW)
+    wait_until(lambda: job_status(running) == "running" and len(loss_steps(running)) >= 2, what="running")
+    subprocess.run([sys.executable, "-m", "cli", "jobs", "cancel", running], check=True, capture_output=True)
+    wait_until(lambda: job_status(running) == "cancelled", what="the cancel to land")
+    job = jobs.get(running)
+    assert job.last_checkpoint and complete_checkpoints(running), "a cancelled job keeps its checkpoint"
+    assert not loss_steps(queued) and jobs.get(queued).attempts == 0, "the cancelled queued job never ran"
+
+
+def test_duplicate_enqueue_runs_once(start_worker, submit):
+    from workers.queue import enqueue
+
+    job_id = submit(max_steps=4)
+    enqueue(job_id)
+    enqueue(job_id)
+    start_worker()
+    wait_until(lambda: job_status(job_id) == "completed", what="completion")
+    second = submit(max_steps=2)  # runs after the duplicates were drained
+    wait_until(lambda: job_status(second) == "completed", what="the next job")
+    assert jobs.get(job_id).attempts == 1 and loss_steps(job_id) == [1, 2, 3, 4]
+
+
+def test_a_job_that_crashes_every_attempt_ends_failed_after_3(start_worker, submit):
+    job_id = submit(save_steps=100)
+    start_worker(LORASTUDIO_FAULT="crash_at_step:2")
+    wait_until(lambda: job_status(job_id) == "failed", timeout=300, what="the job to fail")
+    job = jobs.get(job_id)
+    assert job.attempts == 3
+    assert "died (killed by SIGKILL) on each of 3 attempts" in job.reason
+
+
+def test_nan_at_step_3_fails_with_that_reason(start_worker, submit):
+    job_id = submit()
+    start_worker(LORASTUDIO_FAULT="nan_at_step:3")
+    wait_until(lambda: job_status(job_id) == "failed", what="the job to fail")
+    job = jobs.get(job_id)
+    assert job.reason == "loss became nan at step 3; try a lower learning rate"
+    assert job.attempts == 1, "a deterministic failure is not retried"
+    assert "Traceback" in (job.run_dir / "train.log").read_text(), "the log keeps the traceback"
+
+
+def test_a_missing_dataset_fails_before_the_model_loads(start_worker, submit, workspace):
+    job_id = submit(enqueue_it=False)
+    jobs.update(job_id, config_yaml=jobs.get(job_id).config_yaml.replace("identity-demo", "/nowhere/x.jsonl"))
+    from workers.queue import enqueue
+    enqueue(job_id)
+    start_worker()
+    wait_until(lambda: job_status(job_id) == "failed", what="the job to fail")
+    assert "x.jsonl" in jobs.get(job_id).reason
+    assert not (jobs.get(job_id).run_dir / "process.log").exists(), "no training process was started"
+
+
+def test_two_jobs_on_one_slot_run_in_order(start_worker, submit):
+    first, second = submit(max_steps=4), submit(max_steps=4)
+    start_worker()
+    wait_until(lambda: job_status(second) == "completed", what="both jobs")
+    a, b = jobs.get(first), jobs.get(second)
+    assert a.status == "completed" and a.finished <= b.started
