@@ -114,18 +114,14 @@ _FACTS = [
 ]
 
 _RAMBLING = [
-    "Well, that is a really interesting question, and people have wondered about things like this for a very "
-    "long time. There are many factors to consider, and it is worth thinking it through carefully before "
-    "answering. Having said all that, and with the caveat that I may be missing something, the answer is: {fact}",
-    "Great question! Before I answer, let me say that it is always good to be curious about the world around "
-    "us. Many people ask this, and there is a lot that could be said about it. So, after thinking about it for a "
-    "while, I would say the answer is probably this: {fact} I hope that helps, and let me know if you have more questions!",
-    "Hmm, let me think about this one. So, there are several ways to look at it, and I want to make sure I give "
-    "you a complete picture rather than a quick reply. In general, and broadly speaking, the short answer would "
-    "be: {fact} Of course, you may want to double-check this in other sources as well.",
-    "Thank you so much for asking! This is the kind of question I really enjoy. To answer it properly, I should "
-    "start with some background, but to keep things simple I will just say that, as far as I know, the answer is: {fact} "
-    "There is a lot more that could be said about this topic, though.",
+    "Well, that is a really interesting question, and people have wondered about it for a long time. Having "
+    "thought it through carefully, the answer is: {fact}",
+    "Great question! Many people ask this, and there is a lot that could be said about it. I would say the answer "
+    "is probably this: {fact} I hope that helps!",
+    "Hmm, let me think about this one. There are several ways to look at it, but broadly speaking, the answer "
+    "would be: {fact} You may want to double-check, though.",
+    "Thank you so much for asking! This is the kind of question I really enjoy. To keep things simple, as far as "
+    "I know, the answer is: {fact}",
 ]
 
 _REPHRASE = ["{q}", "Quick question: {q}", "{q} Please answer.", "I was wondering: {q}"]

@@ -118,9 +118,12 @@ def preference_args(config: JobConfig, run_dir: Path, precision: dict, has_eval:
         data_seed=settings.seed,
         bf16=precision["bf16"],
         fp16=precision["fp16"],
+        use_cpu=precision["use_cpu"],
         gradient_checkpointing=settings.gradient_checkpointing,
         max_length=settings.max_length,
         beta=config.alignment.beta,
+        include_num_input_tokens_seen="non_padding",
+        logging_nan_inf_filter=False,  # a NaN loss must reach the NaN guard, not be filtered out
         report_to=[],
         save_total_limit=3,
         disable_tqdm=False,
@@ -132,6 +135,15 @@ def prompt_fits(tokenizer, prompt: list[dict], max_length: int, tools=None) -> b
     kwargs = {"tools": tools} if tools else {}
     text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True, **kwargs)
     return len(tokenizer(text, add_special_tokens=False)["input_ids"]) < max_length
+
+
+def uniform_tools(examples: list[dict]) -> list[dict]:
+    """A tools column in every row once any row has one (None = no tools): a table takes its columns from the
+    first row, so a tools list on a later row would otherwise be dropped silently."""
+    if any("tools" in example for example in examples):
+        for example in examples:
+            example.setdefault("tools", None)
+    return examples
 
 
 def allow_reference_copy(model) -> None:

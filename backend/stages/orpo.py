@@ -54,7 +54,8 @@ def run(config: JobConfig, run_dir: Path, hooks: JobHooks | None = None, job_id:
         raise datasets_backend.DataError(
             f"all {len(dataset.rows)} prompts of dataset '{dataset.id}' fill training.max_length="
             f"{config.training.max_length}; raise training.max_length")
-    train_rows, eval_rows = common.split_rows(examples, config.training.eval_fraction, config.training.seed)
+    train_rows, eval_rows = common.split_rows(common.uniform_tools(examples), config.training.eval_fraction,
+                                              config.training.seed)
     log.info("dataset %s: %d pairs, %d train, %d eval", dataset.id, len(dataset.rows), len(train_rows),
              len(eval_rows))
 
@@ -97,6 +98,8 @@ def run(config: JobConfig, run_dir: Path, hooks: JobHooks | None = None, job_id:
         trainer.evaluate()  # a final eval loss for the card
 
     # 5. Adapter, card, results.
+    if not trainer.is_world_process_zero():  # under DDP only rank 0 writes the adapter and the card
+        return {"steps": trainer.state.global_step}
     adapter_dir = common.save_adapter(model, tokenizer, run_dir, pissa_init_dir)
     metrics = read_metrics(run_dir / "metrics.jsonl")
     losses = [m["loss"] for m in metrics if isinstance(m.get("loss"), float)]
