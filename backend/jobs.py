@@ -204,3 +204,27 @@ def stale_running_jobs(stale_after_s: float, is_dead_owner) -> list[Job]:
     now = time.time()
     return [job for job in list_jobs() if job.status == "running"
             and (is_dead_owner(job.owner) or (job.heartbeat or 0) < now - stale_after_s)]
+
+
+def delete_record(job_id: str, allowed_statuses) -> bool:
+    """Delete a job's record when its status is one of allowed_statuses (one conditional statement)."""
+    marks = ", ".join("?" for _ in allowed_statuses)
+    with connect() as db:
+        cursor = db.execute(f"DELETE FROM jobs WHERE id = ? AND status IN ({marks})", (job_id, *allowed_statuses))
+        return cursor.rowcount == 1
+
+
+def log_tail(path, max_bytes: int = 8000) -> str:
+    """The last max_bytes of a log file, starting at a line start ('' when there is none)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    if size > max_bytes and "\n" in text:
+        text = text.split("\n", 1)[1]
+    return text

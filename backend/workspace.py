@@ -1,7 +1,7 @@
 """Where everything the app writes lives: $LORASTUDIO_HOME (default ~/.lorastudio).
 
 Layout (a contract, see docs/ARCHITECTURE.md):
-    studio.db, queue.db, models/<name>/, datasets/<id>/, runs/<job_id>/, exports/<job_id>/
+    studio.db, queue.db, models/<name>/, datasets/<id>/, runs/<job_id>/, exports/<job_id>/, presets/
 """
 from __future__ import annotations
 
@@ -33,6 +33,11 @@ def runs_dir() -> Path:
 
 def exports_dir() -> Path:
     return _sub("exports")
+
+
+def user_presets_dir() -> Path:
+    """Presets saved from the UI (the bundled presets/ folder stays read-only)."""
+    return _sub("presets")
 
 
 def run_dir(job_id: str) -> Path:

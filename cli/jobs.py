@@ -94,33 +94,16 @@ def run_show(args) -> int:
 
 
 def run_cancel(args) -> int:
-    from backend import jobs
-    from workers.queue import revoke
+    from workers.control import cancel_job
 
-    job = _get(args.job_id)
-    if jobs.cancel_queued(job.id):
-        revoke(job.task_id)
-        outcome = "cancelled before it started"
-    elif job.status == "running":
-        jobs.request(job.id, "cancel")
-        outcome = "cancel requested: it saves a checkpoint and stops after the current step"
-    else:
-        raise ValueError(f"job {job.id} is {job.status}; only queued or running jobs can be cancelled")
-    _report(args, job.id, outcome)
+    _report(args, args.job_id, cancel_job(args.job_id))
     return 0
 
 
 def run_resume(args) -> int:
-    from backend import jobs
-    from workers.queue import enqueue
+    from workers.control import resume_job
 
-    job = _get(args.job_id)
-    if job.status in ("running", "completed"):
-        raise ValueError(f"job {job.id} is {job.status}; only cancelled, interrupted or failed jobs can be resumed")
-    jobs.requeue(job.id, reset_attempts=True)
-    enqueue(job.id)
-    checkpoint = summary(jobs.get(job.id))["checkpoint"]
-    _report(args, job.id, f"queued again; continues from {checkpoint or 'the start (no complete checkpoint)'}")
+    _report(args, args.job_id, resume_job(args.job_id))
     return 0
 
 

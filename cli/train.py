@@ -26,10 +26,13 @@ def resolve_config_path(spec: str) -> Path:
     path = Path(spec).expanduser()
     if path.is_file():
         return path
-    preset = PRESETS_DIR / f"{spec.removesuffix('.yaml')}.yaml"
-    if preset.is_file():
-        return preset
-    names = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
+    from backend.workspace import user_presets_dir
+
+    for folder in (PRESETS_DIR, user_presets_dir()):  # bundled presets, then the ones saved from the UI
+        preset = folder / f"{spec.removesuffix('.yaml')}.yaml"
+        if preset.is_file():
+            return preset
+    names = ", ".join(sorted({p.stem for folder in (PRESETS_DIR, user_presets_dir()) for p in folder.glob("*.yaml")}))
     raise FileNotFoundError(f"config '{spec}' is neither a file nor a preset; presets: {names}")
 
 

@@ -50,10 +50,11 @@ def enqueue(job_id: str) -> str:
     """Put a job id on the queue; returns the Huey task id (kept on the job for revoking)."""
     from backend import jobs
 
-    result = get_queue().train(job_id)
-    task_id = getattr(result, "id", None) or getattr(getattr(result, "task", None), "id", "")
-    jobs.update(job_id, task_id=task_id)
-    return task_id
+    queue = get_queue()
+    task = queue.train.s(job_id)  # the Task object carries the id (results are off, so enqueue returns None)
+    queue.huey.enqueue(task)
+    jobs.update(job_id, task_id=task.id)
+    return task.id
 
 
 def revoke(task_id: str | None) -> None:

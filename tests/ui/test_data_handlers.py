@@ -1,0 +1,51 @@
+"""Data tab handlers, without a browser: report with row numbers, mapping offer, histogram, register."""
+import json
+
+from ui import data_tab
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def chat(i):
+    return {"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]}
+
+
+def test_demo_dataset_report_is_usable():
+    result = data_tab.check("identity-demo", "sft", None, 512)
+    assert result.ok and "usable for SFT" in result.report_md and "| SFT | yes |" in result.report_md
+    assert not result.mapping_visible
+
+
+def test_broken_row_is_reported_with_its_row_number(workspace):
+    path = write_jsonl(workspace / "broken.jsonl", [chat(i) for i in range(20)] + ["{not json"])
+    result = data_tab.check(str(path), "sft", None, 512)
+    assert "row 21" in result.report_md and "Errors" in result.report_md
+
+
+def test_unknown_columns_offer_a_mapping_and_the_mapping_fixes_it(workspace):
+    rows = [{"question": f"q{i}", "answer": f"a{i}"} for i in range(20)]
+    path = write_jsonl(workspace / "qa.jsonl", rows)
+    result = data_tab.check(str(path), "sft", None, 512)
+    assert result.mapping_visible and set(result.columns) == {"question", "answer"} and not result.ok
+    fixed = data_tab.check(str(path), "sft", None, 512, {"prompt": "question", "completion": "answer"})
+    assert fixed.ok, fixed.report_md
+
+
+def test_register_upload_then_it_is_listed(workspace):
+    path = write_jsonl(workspace / "mine.jsonl", [chat(i) for i in range(20)])
+    dataset_id = data_tab.register(str(path), "mine")
+    assert dataset_id in [value for _, value in data_tab.source_choices()]
+
+
+def test_histogram_without_a_model_explains_itself():
+    report = data_tab.validate("identity-demo", "sft", None, 512)
+    fig = data_tab.histogram(report)
+    assert "ready model" in json.dumps(fig.to_dict())
+
+
+def test_preview_and_histogram_with_the_tokenizer(tiny_model):
+    result = data_tab.check("identity-demo", "sft", tiny_model, 64)
+    assert "ls-trained" in result.preview and "max_length 64" in json.dumps(result.figure.to_dict())

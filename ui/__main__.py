@@ -1,0 +1,69 @@
+"""`python -m ui [--host H] [--port P] [--auth user:pass] [--share] [--max-upload-mb N] [--workers N | --no-workers]`
+
+The UI next to the local worker: what app.py's `launch()` should become (see ui/INTEGRATION.md). The web
+server runs in a background thread; the worker runs in the main thread (it owns SIGTERM / SIGINT: running
+jobs keep a checkpoint and resume at the next start). With --no-workers the web server runs alone.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ui.app import DEFAULT_HOST, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT
+
+    parser = argparse.ArgumentParser(prog="lorastudio ui", description="Start LoRA Studio (web UI + local worker).")
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default: this machine only)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to serve on")
+    parser.add_argument("--auth", default=None, metavar="USER:PASS",
+                        help="ask for this user and password (or set LORASTUDIO_AUTH=user:pass)")
+    parser.add_argument("--share", action="store_true",
+                        help="also create a PUBLIC gradio.live link (off unless given; use with --auth)")
+    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+                        help="largest dataset upload in MB (default 1024)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="local training workers (default: one per GPU, one on a CPU-only machine)")
+    parser.add_argument("--no-workers", action="store_true",
+                        help="start no local worker (e.g. workers run elsewhere, sharing a Redis queue)")
+    parser.add_argument("--skip-prepare", action="store_true", help=argparse.SUPPRESS)   # tests
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from ui.app import launch, parse_auth
+
+    try:
+        parse_auth(args.auth)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if not args.skip_prepare:
+        from backend import bootstrap
+        print(bootstrap.prepare_workspace(), flush=True)
+    else:
+        from backend import data
+        data.ensure_demo_datasets()
+    app = launch(host=args.host, port=args.port, auth=args.auth, share=args.share,
+                 max_upload_mb=args.max_upload_mb, prevent_thread_lock=True)
+    print(f"LoRA Studio is running at http://{args.host}:{args.port}", flush=True)
+    try:
+        if args.no_workers:
+            print("No local worker started (--no-workers).", flush=True)
+            threading.Event().wait()
+        else:
+            from workers.consumer import run_worker
+            run_worker(workers=args.workers)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        app.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

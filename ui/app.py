@@ -1,0 +1,137 @@
+"""The Gradio app: `build_app() -> gr.Blocks` and `launch(host, port, auth, share, max_upload_mb)`.
+
+Security defaults: binds 127.0.0.1; a password with auth=("user", "pass") or LORASTUDIO_AUTH=user:pass; a
+public share link only when share=True (with a warning); uploads capped at max_upload_mb; the server may
+serve files only from the workspace's exports/ folder (besides Gradio's own upload cache); no free-form
+argument box reaches model loading (every control maps to one JobConfig field that validate() checks).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+
+TAB_DATA, TAB_TRAIN, TAB_JOBS, TAB_PLAYGROUND, TAB_EXPORT = "data", "train", "jobs", "playground", "export"
+DEFAULT_HOST, DEFAULT_PORT, DEFAULT_MAX_UPLOAD_MB = "127.0.0.1", 7860, 1024
+TITLE = "LoRA Studio"
+
+CSS = """
+.ls-jobs { width: 100%; border-collapse: collapse; font-size: 0.92em; }
+.ls-jobs th, .ls-jobs td { padding: 4px 8px; border-bottom: 1px solid #ddd; text-align: left; }
+.ls-preview pre { font-size: 0.85em; }
+"""
+
+log = logging.getLogger("lorastudio.ui")
+
+
+@dataclass
+class Studio:
+    """Every tab's components (typed attributes, no string ids)."""
+    tabs: object
+    timer: object
+    data: object
+    train: object
+    jobs: object
+    playground: object
+    export: object
+
+
+def build_app() -> "gr.Blocks":  # noqa: F821
+    import gradio as gr
+
+    from ui import data_tab, jobs_tab, placeholders, train_tab
+
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as app:
+        gr.Markdown(f"## {TITLE}\nFine-tune a chat model in four steps: **Data** → **Train** → **Jobs** → "
+                    "**Playground / Export**. Everything stays on this machine.")
+        timer = gr.Timer(jobs_tab.REFRESH_S)
+        with gr.Tabs(selected=TAB_DATA) as tabs:
+            with gr.Tab("1 · Data", id=TAB_DATA):
+                data = data_tab.build(gr)
+            with gr.Tab("2 · Train", id=TAB_TRAIN):
+                train = train_tab.build(gr)
+            with gr.Tab("3 · Jobs", id=TAB_JOBS):
+                jobs = jobs_tab.build(gr)
+            with gr.Tab("4 · Playground", id=TAB_PLAYGROUND):
+                playground = placeholders.build_playground(gr)
+            with gr.Tab("5 · Export", id=TAB_EXPORT):
+                export = placeholders.build_export(gr)
+        studio = Studio(tabs=tabs, timer=timer, data=data, train=train, jobs=jobs, playground=playground,
+                        export=export)
+        _wire_across_tabs(gr, studio)
+    app.studio = studio   # for tests
+    return app
+
+
+def _wire_across_tabs(gr, s: Studio) -> None:
+    from ui import data_tab, jobs_tab, train_tab
+
+    # Train -> Start -> Jobs tab with the new job selected
+    def on_started(job_id):
+        rows = jobs_tab.job_rows()
+        return [gr.Tabs(selected=TAB_JOBS), gr.update(choices=jobs_tab.job_choices(rows), value=job_id),
+                jobs_tab.jobs_table_html(rows), jobs_tab.job_detail_markdown(job_id),
+                jobs_tab.metrics_figure(job_id), jobs_tab.metrics_signature(job_id)]
+
+    train_tab.wire_start(gr, s.train, [s.tabs, s.jobs.selector, s.jobs.table, s.jobs.detail, s.jobs.chart,
+                                       s.jobs.signature], on_started)
+
+    # Jobs -> Clone -> Train form filled, Train tab shown
+    train_inputs = s.train.inputs()
+    tick, tick_inputs, tick_outputs = jobs_tab.wire(
+        gr, s.jobs, s.timer, [s.tabs, *train_inputs],
+        lambda data: [gr.Tabs(selected=TAB_TRAIN), *train_tab.config_dict_to_form(data)])
+
+    # Data -> Use in Train form
+    data_tab.wire_use(gr, s.data, s.train.fields["dataset"], s.train.fields["stage"], [s.tabs],
+                      lambda: [gr.Tabs(selected=TAB_TRAIN)])
+
+    # Page load: fresh state from the backend (reload / second browser / restart show the same thing)
+    def on_load(preset, *values):
+        yaml_text, command, estimate = train_tab.previews(train_tab.form_to_config_dict(list(values)), preset)
+        return (yaml_text, command, estimate, gr.update(choices=train_tab.model_choices()),
+                gr.update(choices=train_tab.dataset_choices()), gr.update(choices=data_tab.source_choices()))
+
+    blocks = gr.context.Context.root_block   # the gr.Blocks being built (this runs inside its `with`)
+    blocks.load(on_load, [s.train.preset, *train_inputs],
+                [s.train.yaml_view, s.train.command_view, s.train.estimate, s.train.fields["model"],
+                 s.train.fields["dataset"], s.data.source], show_progress="hidden")
+    blocks.load(tick, tick_inputs, tick_outputs, show_progress="hidden")
+
+
+def parse_auth(auth: str | tuple | None) -> tuple[str, str] | None:
+    """'user:pass' (or LORASTUDIO_AUTH) -> (user, pass); None = no password."""
+    auth = auth if auth is not None else (os.environ.get("LORASTUDIO_AUTH") or None)
+    if auth is None or isinstance(auth, tuple):
+        return auth
+    user, sep, password = str(auth).partition(":")
+    if not sep or not user or not password:
+        raise ValueError("--auth / LORASTUDIO_AUTH: expected user:password, e.g. --auth admin:s3cret")
+    return user, password
+
+
+def launch(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, auth=None, share: bool = False,
+           max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, prevent_thread_lock: bool = False):
+    """Start the web server. Returns the Blocks (with prevent_thread_lock=True the call returns at once)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ["LORASTUDIO_MAX_UPLOAD_MB"] = str(max_upload_mb)   # the data readers enforce it too
+    from backend import workspace
+
+    credentials = parse_auth(auth)
+    if share:
+        print("WARNING: --share creates a PUBLIC link through Gradio's relay: anyone with the link can use this "
+              "studio and the machine's GPUs" + ("" if credentials else "; add --auth user:pass") + ".",
+              file=sys.stderr, flush=True)
+    if host not in ("127.0.0.1", "localhost", "::1") and not credentials:
+        print(f"WARNING: listening on {host} without a password; anyone on the network can use this studio. "
+              "Add --auth user:pass or set LORASTUDIO_AUTH.", file=sys.stderr, flush=True)
+    app = build_app()
+    app.queue(default_concurrency_limit=4)
+    import gradio as gr
+    app.launch(server_name=host, server_port=port, auth=credentials, share=bool(share),
+               max_file_size=f"{int(max_upload_mb)}mb" if max_upload_mb else None,
+               allowed_paths=[str(workspace.exports_dir())], show_error=False, ssr_mode=False,
+               prevent_thread_lock=prevent_thread_lock, quiet=True, css=CSS, theme=gr.themes.Soft(),
+               auth_message="LoRA Studio: sign in with the user and password given to --auth / LORASTUDIO_AUTH.")
+    return app

@@ -1,0 +1,70 @@
+"""Shared UI helpers: one-sentence errors (never a stack in the page), small formatting helpers.
+
+No gradio import here: these are used by handlers that tests call without a browser.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+log = logging.getLogger("lorastudio.ui")
+
+
+class UserError(ValueError):
+    """A problem the user can fix; the message is shown as is."""
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else type(error).__name__
+    return first[:500]
+
+
+def readable(error: BaseException) -> str:
+    """The sentence shown in the UI for any backend error (details go to the log)."""
+    if isinstance(error, (UserError, ValueError, FileNotFoundError, PermissionError)):
+        return one_line(error)
+    return f"{type(error).__name__}: {one_line(error)}"
+
+
+def guarded(fallback):
+    """Decorator for handlers: an exception becomes `fallback(message)` instead of a red stack."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - the user gets one sentence; the log gets the trace
+                log.exception("handler %s failed", fn.__name__)
+                return fallback(readable(error))
+        return inner
+    return wrap
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def fmt_time(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
+
+
+def fmt_params(n: int) -> str:
+    if not n:
+        return "?"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")

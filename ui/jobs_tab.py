@@ -1,0 +1,463 @@
+"""Jobs tab: every job (newest first) with progress / ETA / loss, live charts of the selected job, its log
+tail, cancel / resume / delete / clone, a loss overlay of several jobs, and toasts when a job ends.
+
+Everything is read from the backend on each refresh (studio.db + runs/<id>/metrics.jsonl), so a page reload,
+a second browser or an app restart shows the same state. Handlers are plain functions; `build()` wires them.
+"""
+from __future__ import annotations
+
+import html
+import os
+from dataclasses import dataclass
+
+from backend import jobs, workspace
+from backend.callbacks import read_metrics
+from cli.jobs import eta_seconds
+from workers import control
+from ui.common import fmt_duration, fmt_time, md_escape, one_line
+
+REFRESH_S = 2.0
+SMOOTHING = 0.6
+STATUS_COLOURS = {"queued": "#607d8b", "running": "#1565c0", "completed": "#2e7d32", "failed": "#c62828",
+                  "cancelled": "#6d4c41", "interrupted": "#ef6c00"}
+
+# ---------------------------------------------------------------- metrics (cached by file size + mtime)
+
+_metrics_cache: dict[str, tuple[int, int, list[dict]]] = {}
+
+
+def metrics_of(job_id: str) -> list[dict]:
+    path = workspace.run_dir(job_id) / "metrics.jsonl"
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return []
+    key = str(path)
+    cached = _metrics_cache.get(key)
+    if cached and cached[0] == stat.st_size and cached[1] == stat.st_mtime_ns:
+        return cached[2]
+    records = read_metrics(path)
+    if len(_metrics_cache) > 64:
+        _metrics_cache.clear()
+    _metrics_cache[key] = (stat.st_size, stat.st_mtime_ns, records)
+    return records
+
+
+def metrics_signature(job_id: str | None) -> tuple:
+    """Changes when the job's metrics file or record changes (the chart is redrawn only then)."""
+    if not job_id:
+        return ()
+    job = jobs.get(job_id)
+    if job is None:
+        return ("missing",)
+    try:
+        stat = os.stat(job.run_dir / "metrics.jsonl")
+        file_sig = (stat.st_size, stat.st_mtime_ns)
+    except OSError:
+        file_sig = (0, 0)
+    return (job.status, job.step, *file_sig)
+
+
+# ---------------------------------------------------------------- the jobs list
+
+def job_rows() -> list[dict]:
+    """One dict per job, newest first: what the table shows. Metrics are read only for running jobs."""
+    rows = []
+    for job in jobs.list_jobs():
+        results = job.results
+        eta = None
+        final_loss = results.get("final_train_loss")
+        if job.status == "running":
+            metrics = metrics_of(job.id)
+            eta = eta_seconds(job, metrics)
+            losses = [m["loss"] for m in metrics if isinstance(m.get("loss"), (int, float))]
+            final_loss = losses[-1] if losses else None
+        elif final_loss is None and job.status in ("cancelled", "interrupted", "failed"):
+            losses = [m["loss"] for m in metrics_of(job.id) if isinstance(m.get("loss"), (int, float))]
+            final_loss = losses[-1] if losses else None
+        total = job.total_steps or 0
+        rows.append({"id": job.id, "name": job.name, "status": job.status, "method": job.method,
+                     "stage": job.stage, "model": job.model, "dataset": job.dataset, "step": job.step,
+                     "total": total, "progress": (min(job.step / total, 1.0) if total else
+                                                  (1.0 if job.status == "completed" else 0.0)),
+                     "eta_s": eta, "loss": final_loss, "reason": job.reason, "created": job.created})
+    return rows
+
+
+def jobs_table_html(rows: list[dict]) -> str:
+    if not rows:
+        return ("<div class='ls-jobs-empty'>No jobs yet. Open the <b>Train</b> tab, keep the quickstart preset "
+                "and press <b>Start training</b>.</div>")
+    head = ("<tr><th>job</th><th>status</th><th>method</th><th>stage</th><th>progress</th><th>step</th>"
+            "<th>ETA</th><th>loss</th><th>created</th></tr>")
+    body = []
+    for r in rows:
+        colour = STATUS_COLOURS.get(r["status"], "#555")
+        step = f"{r['step']} / {r['total']}" if r["total"] else str(r["step"])
+        loss = f"{r['loss']:.4f}" if isinstance(r["loss"], (int, float)) else ""
+        name = f" <small>{html.escape(r['name'])}</small>" if r["name"] else ""
+        title = f" title='{html.escape(r['reason'] or '', quote=True)}'" if r["reason"] else ""
+        body.append(
+            f"<tr class='ls-job' data-job='{r['id']}' data-status='{r['status']}'>"
+            f"<td><code>{r['id']}</code>{name}</td>"
+            f"<td><span class='ls-status'{title} style='color:white;background:{colour};padding:1px 8px;"
+            f"border-radius:8px'>{r['status']}</span></td>"
+            f"<td>{r['method']}</td><td>{r['stage']}</td>"
+            f"<td><progress max='1' value='{r['progress']:.3f}' style='width:110px'></progress> "
+            f"{r['progress'] * 100:.0f}%</td>"
+            f"<td>{step}</td><td>{fmt_duration(r['eta_s'])}</td><td>{loss}</td>"
+            f"<td><small>{fmt_time(r['created'])}</small></td></tr>")
+    return f"<table class='ls-jobs'>{head}{''.join(body)}</table>"
+
+
+def job_choices(rows: list[dict]) -> list[tuple[str, str]]:
+    return [(f"{r['id']} · {r['status']}" + (f" · {r['name']}" if r["name"] else ""), r["id"]) for r in rows]
+
+
+def status_changes(previous: dict | None, rows: list[dict]) -> tuple[dict, list[tuple[str, str]]]:
+    """(statuses now, [(level, message)]) for jobs that completed or failed since `previous`.
+
+    `previous` None (first refresh of a page) notifies nothing: a reload must not replay old toasts.
+    """
+    current = {r["id"]: r["status"] for r in rows}
+    notes = []
+    if previous is not None:
+        for r in rows:
+            before = previous.get(r["id"])
+            if before == r["status"] or before in jobs.FINAL_STATUSES:
+                continue
+            if r["status"] == "completed":
+                loss = f", final loss {r['loss']:.4f}" if isinstance(r["loss"], (int, float)) else ""
+                notes.append(("info", f"Job {r['id']} completed{loss}."))
+            elif r["status"] == "failed":
+                notes.append(("warning", f"Job {r['id']} failed: {r['reason'] or 'see its log'}"))
+            elif r["status"] == "cancelled" and before is not None:
+                notes.append(("info", f"Job {r['id']} cancelled."))
+    return current, notes
+
+
+# ---------------------------------------------------------------- one job
+
+def job_detail_markdown(job_id: str | None) -> str:
+    if not job_id:
+        return "Select a job to see its charts and log."
+    job = jobs.get(job_id)
+    if job is None:
+        return f"Job {job_id} no longer exists."
+    metrics = metrics_of(job.id) if job.status == "running" else []
+    eta = eta_seconds(job, metrics) if metrics else None
+    r = job.results
+    lines = [f"**{job.id}** {md_escape(job.name)} — **{job.status}** · {job.stage}/{job.method} · "
+             f"model `{md_escape(job.model)}` · dataset `{md_escape(job.dataset)}`",
+             f"step {job.step} / {job.total_steps or '?'}" + (f" · ETA {fmt_duration(eta)}" if eta else "")
+             + f" · attempts {job.attempts}"]
+    if r:
+        bits = [f"{k.replace('_', ' ')} {v:.4f}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
+                for k, v in r.items() if k in ("first_train_loss", "final_train_loss", "final_eval_loss",
+                                               "wall_time_s", "trainable_parameters") and v is not None]
+        lines.append(" · ".join(bits))
+    if job.reason:
+        lines.append(f"reason: {md_escape(job.reason)}")
+    if job.status == "queued":
+        lines.append("_Waiting for a worker; if it stays queued, check that the app's worker is running "
+                     "(`python app.py` starts one; `--no-workers` does not)._")
+    return "\n\n".join(lines)
+
+
+def _ema(values: list[float], weight: float = SMOOTHING) -> list[float]:
+    out, last = [], None
+    for v in values:
+        last = v if last is None else weight * last + (1 - weight) * v
+        out.append(last)
+    return out
+
+
+def _series(metrics: list[dict], key: str) -> tuple[list, list]:
+    points = [(m["step"], m[key]) for m in metrics if isinstance(m.get(key), (int, float))
+              and not isinstance(m.get(key), bool)]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+PANELS = (("loss", "loss"), ("learning rate", "learning_rate"), ("grad norm", "grad_norm"),
+          ("tokens / s", "tokens_per_second"))
+
+
+def metrics_figure(job_id: str | None):
+    """Train loss (raw + smoothed) with eval loss, learning rate, grad norm, tokens/s: four panels in one
+    figure (domains set by hand; cheaper than make_subplots). Empty panels say why."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    domains = {0: ([0.0, 0.47], [0.56, 1.0]), 1: ([0.53, 1.0], [0.56, 1.0]),
+               2: ([0.0, 0.47], [0.0, 0.42]), 3: ([0.53, 1.0], [0.0, 0.42])}
+    layout = {}
+    job = jobs.get(job_id) if job_id else None
+    metrics = metrics_of(job_id) if job else []
+    every = 1
+    if job is not None:
+        try:
+            every = job.config.training.logging_steps
+        except Exception:  # noqa: BLE001
+            pass
+    annotations = []
+    for index, (title, key) in enumerate(PANELS):
+        axis = "" if index == 0 else str(index + 1)
+        xd, yd = domains[index]
+        layout[f"xaxis{axis}"] = {"domain": xd, "anchor": f"y{axis}", "title": {"text": "step"}}
+        layout[f"yaxis{axis}"] = {"domain": yd, "anchor": f"x{axis}", "title": {"text": title}}
+        if key == "learning_rate":
+            layout[f"yaxis{axis}"]["exponentformat"] = "e"
+        xs, ys = _series(metrics, key)
+        ref = {"xaxis": f"x{axis}", "yaxis": f"y{axis}"}
+        if xs:
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if len(xs) < 30 else "lines",
+                                     name=title if key != "loss" else "train loss (raw)",
+                                     line={"width": 1}, opacity=0.45 if key == "loss" else 1.0, **ref))
+            if key == "loss":
+                fig.add_trace(go.Scatter(x=xs, y=_ema(ys), mode="lines", name="train loss (smoothed)",
+                                         line={"width": 2.5}, **ref))
+                ex, ey = _series(metrics, "eval_loss")
+                if ex:
+                    fig.add_trace(go.Scatter(x=ex, y=ey, mode="lines+markers", name="eval loss",
+                                             line={"dash": "dash"}, **ref))
+        else:
+            annotations.append({"text": _empty_reason(job, key, every), "xref": f"x{axis} domain",
+                                "yref": f"y{axis} domain", "x": 0.5, "y": 0.5, "showarrow": False,
+                                "font": {"size": 12, "color": "#888"}})
+    fig.update_layout(height=600, margin={"l": 60, "r": 20, "t": 30, "b": 70}, annotations=annotations,
+                      legend={"orientation": "h", "y": -0.12}, **layout)
+    return fig
+
+
+def _empty_reason(job, key: str, every: int) -> str:
+    if job is None:
+        return "select a job"
+    if job.status == "queued":
+        return "queued: waiting for a worker to start it"
+    if key == "tokens_per_second" and job.status != "running":
+        return "no throughput was logged for this job"
+    if job.status == "running":
+        return f"waiting for the first logged step; logging every {every} step{'s' if every != 1 else ''}"
+    return f"no {key.replace('_', ' ')} was logged ({job.status})"
+
+
+def log_tail(job_id: str | None, max_bytes: int = 6000) -> str:
+    if not job_id:
+        return ""
+    job = jobs.get(job_id)
+    if job is None:
+        return ""
+    text = jobs.log_tail(job.run_dir / "train.log", max_bytes)
+    if not text.strip():
+        text = jobs.log_tail(job.run_dir / "process.log", max_bytes)
+    return text or "(no log yet)"
+
+
+def compare_figure(job_ids: list[str] | None):
+    """The smoothed train loss (and eval loss) of several jobs on one chart."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for job_id in job_ids or []:
+        metrics = metrics_of(job_id)
+        xs, ys = _series(metrics, "loss")
+        if xs:
+            fig.add_trace(go.Scatter(x=xs, y=_ema(ys), mode="lines", name=f"{job_id} train"))
+        ex, ey = _series(metrics, "eval_loss")
+        if ex:
+            fig.add_trace(go.Scatter(x=ex, y=ey, mode="lines+markers", name=f"{job_id} eval",
+                                     line={"dash": "dash"}))
+    if not fig.data:
+        fig.add_annotation(text="pick two or more jobs with logged steps to compare their loss curves",
+                           xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False)
+    fig.update_layout(title="loss (smoothed) by job", xaxis_title="step", yaxis_title="loss", height=420,
+                      margin={"l": 60, "r": 20, "t": 50, "b": 40})
+    return fig
+
+
+def clone_config(job_id: str) -> dict:
+    job = jobs.get(job_id)
+    if job is None:
+        raise ValueError(f"no job '{job_id}'")
+    data = job.config.to_dict()
+    data["name"] = f"{job.name or job.id} (clone)"
+    return data
+
+
+# ---------------------------------------------------------------- one refresh (timer tick; also benchmarked)
+
+@dataclass
+class Refresh:
+    table_html: str
+    choices: list
+    statuses: dict
+    notes: list
+    detail: str
+    figure: object          # None: unchanged since last_sig
+    log: str
+    signature: tuple
+
+
+def refresh(selected: str | None, previous_statuses: dict | None, last_signature=None) -> Refresh:
+    rows = job_rows()
+    statuses, notes = status_changes(previous_statuses, rows)
+    signature = metrics_signature(selected)
+    figure = metrics_figure(selected) if signature != tuple(last_signature or ()) or not signature else None
+    return Refresh(table_html=jobs_table_html(rows), choices=job_choices(rows), statuses=statuses, notes=notes,
+                   detail=job_detail_markdown(selected), figure=figure, log=log_tail(selected),
+                   signature=signature)
+
+
+# ---------------------------------------------------------------- gradio wiring
+
+@dataclass
+class JobsTab:
+    table: object = None
+    selector: object = None
+    detail: object = None
+    chart: object = None
+    log: object = None
+    cancel_btn: object = None
+    resume_btn: object = None
+    delete_btn: object = None
+    confirm_row: object = None
+    confirm_text: object = None
+    confirm_btn: object = None
+    keep_btn: object = None
+    clone_btn: object = None
+    action_status: object = None
+    compare_select: object = None
+    compare_btn: object = None
+    compare_chart: object = None
+    statuses: object = None       # gr.State: {job id: status} last seen by this page (toasts)
+    signature: object = None      # gr.State: metrics signature of the chart shown
+    timer: object = None
+
+
+def build(gr) -> JobsTab:
+    tab = JobsTab()
+    rows = _safe_rows()
+    tab.table = gr.HTML(jobs_table_html(rows), elem_classes=["ls-jobs-table"])
+    with gr.Row():
+        tab.selector = gr.Dropdown(choices=job_choices(rows), value=rows[0]["id"] if rows else None,
+                                   label="job", info="The job whose charts and log are shown.", scale=3,
+                                   elem_classes=["ls-job-select"])
+        tab.cancel_btn = gr.Button("Cancel", scale=1)
+        tab.resume_btn = gr.Button("Resume", scale=1)
+        tab.clone_btn = gr.Button("Clone into Train form", scale=1)
+        tab.delete_btn = gr.Button("Delete…", variant="stop", scale=1)
+    with gr.Row(visible=False) as tab.confirm_row:
+        tab.confirm_text = gr.Markdown()
+        tab.confirm_btn = gr.Button("Yes, delete it", variant="stop")
+        tab.keep_btn = gr.Button("Keep it")
+    tab.action_status = gr.Markdown()
+    tab.detail = gr.Markdown(job_detail_markdown(rows[0]["id"] if rows else None), elem_classes=["ls-job-detail"])
+    tab.chart = gr.Plot(label="metrics", elem_classes=["ls-metrics"])
+    with gr.Accordion("log (train.log, last lines)", open=False):
+        tab.log = gr.Code(language=None, lines=14, max_lines=14, interactive=False, label="log tail")
+    with gr.Accordion("Compare runs", open=False):
+        with gr.Row():
+            tab.compare_select = gr.Dropdown(choices=job_choices(rows), multiselect=True, label="jobs", scale=4)
+            tab.compare_btn = gr.Button("Overlay loss curves", scale=1)
+        tab.compare_chart = gr.Plot(label="loss by job")
+    tab.statuses = gr.State(None)
+    tab.signature = gr.State(None)
+    return tab
+
+
+def _safe_rows() -> list[dict]:
+    try:
+        return job_rows()
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def wire(gr, tab: JobsTab, timer, clone_outputs: list, on_clone):
+    """Timer refresh (+ toasts on any tab), selection, actions. `on_clone(config dict)` -> clone outputs.
+    Returns (tick, inputs, outputs) so the app can also run the refresh on page load."""
+
+    def tick(selected, previous, last_sig):
+        try:
+            result = refresh(selected, previous, last_sig)
+        except Exception as error:  # noqa: BLE001 - keep the page alive; say why once
+            return [gr.skip(), gr.skip(), previous, gr.skip(), gr.skip(), gr.skip(), last_sig,
+                    f"⚠️ refresh failed: {one_line(error)}"]
+        for level, message in result.notes:
+            (gr.Info if level == "info" else gr.Warning)(message)
+        ids = [c[1] for c in result.choices]
+        value = selected if selected in ids else (ids[0] if ids else None)
+        choices_update = gr.update(choices=result.choices, value=value) if (
+            value != selected or previous is None or set(ids) != set(previous or {})) else gr.skip()
+        if value != selected:
+            result = refresh(value, result.statuses, None)
+        figure = result.figure if result.figure is not None else gr.skip()
+        return [result.table_html, choices_update, result.statuses, result.detail, figure, result.log,
+                result.signature, gr.skip()]
+
+    outputs = [tab.table, tab.selector, tab.statuses, tab.detail, tab.chart, tab.log, tab.signature,
+               tab.action_status]
+    tick_inputs = [tab.selector, tab.statuses, tab.signature]
+    timer.tick(tick, tick_inputs, outputs, show_progress="hidden")
+
+    def on_select(job_id):
+        return job_detail_markdown(job_id), metrics_figure(job_id), log_tail(job_id), metrics_signature(job_id)
+
+    tab.selector.input(on_select, tab.selector, [tab.detail, tab.chart, tab.log, tab.signature],
+                       show_progress="hidden")
+
+    def act(fn):
+        def handler(job_id):
+            if not job_id:
+                return "Select a job first."
+            try:
+                message = fn(job_id)
+            except Exception as error:  # noqa: BLE001
+                gr.Warning(one_line(error))
+                return f"⚠️ {one_line(error)}"
+            gr.Info(message)
+            return message
+        return handler
+
+    tab.cancel_btn.click(act(control.cancel_job), tab.selector, tab.action_status)
+    tab.resume_btn.click(act(control.resume_job), tab.selector, tab.action_status)
+
+    def ask_delete(job_id):
+        if not job_id:
+            return gr.update(visible=False), "", "Select a job first."
+        return gr.update(visible=True), f"Delete job **{job_id}** with its run folder (adapter, checkpoints, " \
+                                        "log)? This cannot be undone.", ""
+
+    tab.delete_btn.click(ask_delete, tab.selector, [tab.confirm_row, tab.confirm_text, tab.action_status])
+
+    def do_delete(job_id):
+        try:
+            control.delete_job(job_id)
+        except Exception as error:  # noqa: BLE001
+            return gr.update(visible=False), f"⚠️ {one_line(error)}", gr.skip()
+        gr.Info(f"Job {job_id} deleted.")
+        rows = job_rows()
+        ids = [r["id"] for r in rows]
+        return (gr.update(visible=False), f"Job {job_id} deleted.",
+                gr.update(choices=job_choices(rows), value=ids[0] if ids else None))
+
+    tab.confirm_btn.click(do_delete, tab.selector, [tab.confirm_row, tab.action_status, tab.selector])
+    tab.keep_btn.click(lambda: gr.update(visible=False), None, tab.confirm_row)
+
+    def do_clone(job_id):
+        if not job_id:
+            return ["Select a job first."] + [gr.skip()] * len(clone_outputs)
+        try:
+            data = clone_config(job_id)
+        except Exception as error:  # noqa: BLE001
+            return [f"⚠️ {one_line(error)}"] + [gr.skip()] * len(clone_outputs)
+        return [f"Cloned {job_id} into the Train form."] + list(on_clone(data))
+
+    tab.clone_btn.click(do_clone, tab.selector, [tab.action_status, *clone_outputs])
+
+    def do_compare(ids):
+        return compare_figure(ids)
+
+    tab.compare_btn.click(do_compare, tab.compare_select, tab.compare_chart)
+    tab.compare_select.focus(lambda: gr.update(choices=job_choices(job_rows())), None, tab.compare_select,
+                             show_progress="hidden")
+    return tick, tick_inputs, outputs
