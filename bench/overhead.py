@@ -53,7 +53,8 @@ def plain_trl_arm(model: str, steps: int, batch: int) -> float:
         model=base,
         args=SFTConfig(output_dir=str(workspace.runs_dir() / "plain"), max_steps=steps,
                        per_device_train_batch_size=batch, learning_rate=3e-4, max_length=512, report_to=[],
-                       save_strategy="no", logging_steps=1, seed=42, bf16=False,
+                       save_strategy="no", logging_steps=1, seed=42, bf16=False, use_cpu=not torch.cuda.is_available(),
+                       gradient_checkpointing=False,  # TRL defaults it on; the studio arm has it off
                        include_num_input_tokens_seen="non_padding", disable_tqdm=True),
         train_dataset=Dataset.from_list(identity_rows()),
         processing_class=tokenizer,
