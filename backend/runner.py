@@ -12,7 +12,7 @@ import time
 import traceback
 
 from backend import jobs, workspace
-from backend.callbacks import JobHooks
+from backend.callbacks import JobHooks, latest_complete_checkpoint
 from backend.stages import get_runner
 
 # stop requests (the job's control field) -> the status the job ends in
@@ -69,7 +69,7 @@ def run_job(job_id: str, external_stop=None) -> jobs.Job:
                     raise
                 config = _halve_batch(job_id, config)
         if is_main:
-            checkpoint = _latest_checkpoint_name(run_dir)
+            checkpoint = latest_checkpoint_name(run_dir)
             if hooks.stop_reason:
                 status = STOP_STATUS.get(hooks.stop_reason, "interrupted")
                 jobs.update(job_id, status=status, last_checkpoint=checkpoint, control=None,
@@ -130,12 +130,10 @@ def failure_reason(error: BaseException, job=None) -> str:
     return text[:500]
 
 
-def _latest_checkpoint_name(run_dir) -> str | None:
-    from backend.callbacks import COMPLETE_MARKER
-
-    folders = [f for f in (run_dir / "checkpoints").glob("checkpoint-*") if (f / COMPLETE_MARKER).exists()]
-    best = max(folders, key=lambda f: int(f.name.split("-")[-1]), default=None)
-    return best.name if best else None
+def latest_checkpoint_name(run_dir) -> str | None:
+    """The newest complete checkpoint's folder name, without touching torn ones."""
+    newest = latest_complete_checkpoint(run_dir / "checkpoints", remove_torn=False)
+    return newest.name if newest else None
 
 
 def _beat(job_id: str, stop: threading.Event) -> None:

@@ -126,5 +126,5 @@ def _get(job_id: str):
 
 
 def _newest_checkpoint(job) -> str | None:
-    from backend.runner import _latest_checkpoint_name
-    return _latest_checkpoint_name(job.run_dir)
+    from backend.runner import latest_checkpoint_name
+    return latest_checkpoint_name(job.run_dir)

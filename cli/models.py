@@ -27,7 +27,7 @@ def run_list(args) -> int:
         return 0
     rows = [("NAME", "PARAMETERS", "ARCHITECTURE", "SOURCE", "READY")]
     for info in infos:
-        rows.append((info.name, format_parameters(info.parameters), info.architecture or "?", info.source,
+        rows.append((info.name, models.format_parameters(info.parameters), info.architecture or "?", info.source,
                      "yes" if info.ready else "no (converted on first use)"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -44,15 +44,7 @@ def run_import(args) -> int:
     if args.json:
         print(json.dumps(asdict(info)))
     else:
-        print(f"imported {info.name}: {format_parameters(info.parameters)} parameters, {info.architecture}, "
+        print(f"imported {info.name}: {models.format_parameters(info.parameters)} parameters, {info.architecture}, "
               f"from {info.source}")
     return 0
 
-
-def format_parameters(count: int) -> str:
-    if not count:
-        return "?"
-    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if count >= size:
-            return f"{count / size:.1f}{unit}"
-    return str(count)

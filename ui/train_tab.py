@@ -14,7 +14,8 @@ from pathlib import Path
 import yaml
 
 from backend.config import JobConfig, field_help, field_limits
-from ui.common import UserError, fmt_params, md_escape, one_line
+from backend.models import format_parameters
+from ui.common import UserError, md_escape, one_line
 
 # Form fields in display order: (dotted config path, section). Every one becomes a control whose info is
 # field_help(path) and whose limits are field_limits(path).
@@ -171,7 +172,7 @@ def model_choices() -> list[tuple[str, str]]:
     out = []
     for info in models.list_models():
         size = _folder_size(info.path)
-        parts = [info.name, f"{fmt_params(info.parameters)} params" if info.parameters else None,
+        parts = [info.name, f"{format_parameters(info.parameters)} params" if info.parameters else None,
                  f"{size / 1e9:.2f} GB" if size else None, None if info.ready else "converted at first use"]
         out.append((" · ".join(p for p in parts if p), info.name))
     return out
@@ -202,7 +203,7 @@ def import_model(path: str, name: str = "") -> str:
     if not path:
         raise UserError("enter the path of a Hugging Face model folder or a .gguf file on this machine")
     info = models.import_model(Path(path), name=(name or "").strip() or None)
-    return f"Imported **{info.name}** ({fmt_params(info.parameters)} params, {info.source})."
+    return f"Imported **{info.name}** ({format_parameters(info.parameters)} params, {info.source})."
 
 
 # ---------------------------------------------------------------- previews
@@ -267,7 +268,7 @@ def estimate_html(data: dict) -> str:
     return (f"<div class='ls-estimate'><b>Memory estimate: {gib(est.total)}</b> per device "
             f"(weights {gib(est.weights)}, adapter + grads {gib(est.adapter)}, optimizer {gib(est.optimizer)}, "
             f"activations {gib(est.activations)}, overhead {gib(est.overhead)}; "
-            f"{fmt_params(est.adapter_params)} trainable parameters)<ul>{''.join(rows)}{notes}</ul></div>")
+            f"{format_parameters(est.adapter_params)} trainable parameters)<ul>{''.join(rows)}{notes}</ul></div>")
 
 
 def previews(data: dict, preset: str | None) -> tuple[str, str, str]:
@@ -290,28 +291,11 @@ def previews(data: dict, preset: str | None) -> tuple[str, str, str]:
 # ---------------------------------------------------------------- start
 
 def check_everything(data: dict) -> tuple[JobConfig, list[str]]:
-    """The config's own problems plus model and dataset checks, all at once."""
+    """The config's own problems plus model, dataset and init-adapter checks, all at once."""
+    from backend import preflight
+
     config = JobConfig.from_dict(data)
-    errors = config.validate()
-    from backend import models
-    names = {m.name for m in models.list_models()}
-    spec = config.model.strip()
-    if spec and spec not in names and not Path(spec).expanduser().exists() \
-            and not re.fullmatch(r"[\w.\-]+/[\w.\-]+", spec):
-        errors.append(f"model: '{spec}' is not a registered model, a local folder or a .gguf file; "
-                      "import it first (Train tab, Import a model)")
-    if config.dataset.strip() and config.stage in ("sft", "dpo", "orpo", "kto"):
-        from backend import data as data_backend
-        report = data_backend.validate(config.dataset, stage=config.stage,
-                                       eval_fraction=config.training.eval_fraction)
-        if not report.usable_for(config.stage):
-            errors.append(f"dataset: {report.first_problem(config.stage) or 'not usable for ' + config.stage}")
-    if config.init_adapter:
-        from backend import jobs
-        parent = jobs.get(config.init_adapter)
-        if parent is None or parent.status != "completed":
-            errors.append(f"init_adapter: '{config.init_adapter}' is not a completed job id")
-    return config, errors
+    return config, preflight.problems(config)
 
 
 def start_job(data: dict) -> tuple[str | None, list[str]]:

@@ -55,7 +55,7 @@ def run_worker(workers: int | None = None, gpus: list[str] | None = None, stop: 
     queue = get_queue()
     requeued = reap(requeue_interrupted=True)
     log.info("worker %s: %d slot(s) %s, %d thread(s); re-queued %s", process.owner_id(), count,
-             ",".join(slots._all), workers, requeued or "nothing")
+             slots.describe(), workers, requeued or "nothing")
     consumer = queue.huey.create_consumer(workers=workers, worker_type="thread", periodic=False,
                                           check_worker_health=True, initial_delay=0.2, max_delay=1.0)
     consumer.start()

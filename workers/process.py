@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 from backend import workspace
 
@@ -52,25 +51,10 @@ def is_live_local_owner(owner: str | None) -> bool:
 
 
 def preflight(job) -> str | None:
-    """A missing model or dataset fails the job before anything heavy loads; returns the reason or None."""
-    from backend import data, models
+    """A bad config, model or dataset fails the job before anything heavy loads; the reason, or None."""
+    from backend import preflight as checks
 
-    config = job.config
-    errors = config.validate()
-    if errors:
-        return "; ".join(errors)
-    try:
-        spec = config.model
-        path = Path(spec).expanduser()
-        if spec.endswith(".gguf") or path.is_absolute() or spec.startswith("."):
-            if not path.exists():
-                raise models.ModelError(f"model '{spec}' does not exist; check the path or import the model again")
-        else:
-            models.resolve(spec)
-        data.load_for_stage(config.dataset, config.stage)
-    except Exception as error:  # noqa: BLE001 - the reason is shown to the user
-        return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return None
+    return "; ".join(checks.problems(job.config)) or None
 
 
 def run_training_process(job, devices: list[str]) -> int:

@@ -20,6 +20,11 @@ def configure(gpu_ids: list[str] | None = None) -> int:
     return len(_all)
 
 
+def describe() -> str:
+    """The configured slots, e.g. '0,1' or 'cpu'."""
+    return ",".join(_all)
+
+
 def visible_gpus() -> list[str]:
     try:
         import torch

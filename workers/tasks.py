@@ -7,6 +7,7 @@ process died without doing so itself.
 from __future__ import annotations
 
 import logging
+import time
 
 from backend import jobs
 from workers import process, slots
@@ -27,7 +28,7 @@ def train(job_id: str) -> None:
             return
         reason = process.preflight(job)
         if reason:
-            jobs.update(job_id, status="failed", reason=reason, finished=_now())
+            jobs.update(job_id, status="failed", reason=reason, finished=time.time())
             return
         exit_code = process.run_training_process(job, devices)
     settle(job_id, exit_code)
@@ -47,7 +48,3 @@ def settle(job_id: str, exit_code: int) -> None:
         # also when preempted by this worker's shutdown: the persistent queue keeps it for the restart
         enqueue(job_id)
 
-
-def _now() -> float:
-    import time
-    return time.time()
