@@ -20,6 +20,8 @@ CSS = """
 .ls-jobs { width: 100%; border-collapse: collapse; font-size: 0.92em; }
 .ls-jobs th, .ls-jobs td { padding: 4px 8px; border-bottom: 1px solid #ddd; text-align: left; }
 .ls-preview pre { font-size: 0.85em; }
+/* short columns of report tables (stage, usable, rows) must not wrap letter by letter */
+.prose table th:not(:last-child), .prose table td:not(:last-child) { white-space: nowrap; }
 """
 
 log = logging.getLogger("lorastudio.ui")
