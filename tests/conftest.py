@@ -74,3 +74,29 @@ def tiny_model(tiny_model_dir, workspace) -> str:
     """The tiny model registered in this test's workspace; returns its registry name."""
     from backend import models
     return models.import_model(tiny_model_dir, name="tiny-llama").name
+
+
+@pytest.fixture(scope="session")
+def quickstart_home(tmp_path_factory, bundled_model_dir):
+    """A workspace where `lorastudio train quickstart --inline` ran once for the whole session (about a
+    minute): (home, job_id, the CLI's CompletedProcess). Tests that use it point LORASTUDIO_HOME there."""
+    import subprocess
+    import sys
+
+    home = tmp_path_factory.mktemp("quickstart-home")
+    (home / "models").mkdir()
+    (home / "models" / BUNDLED).symlink_to(bundled_model_dir, target_is_directory=True)
+    env = dict(os.environ, LORASTUDIO_HOME=str(home))
+    result = subprocess.run([sys.executable, "-m", "cli", "train", "quickstart", "--inline"], capture_output=True,
+                            text=True, timeout=900, env=env)
+    job_id = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    return home, job_id, result
+
+
+@pytest.fixture
+def quickstart_job(quickstart_home, monkeypatch) -> str:
+    """The session's quickstart job id, with this test's LORASTUDIO_HOME pointing at its workspace."""
+    home, job_id, result = quickstart_home
+    assert result.returncode == 0, result.stderr[-3000:]
+    monkeypatch.setenv("LORASTUDIO_HOME", str(home))
+    return job_id

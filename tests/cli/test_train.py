@@ -37,11 +37,10 @@ def test_failed_job_exits_1_with_its_reason(tiny_model_dir, workspace):
 
 
 @pytest.mark.e2e
-def test_quickstart_teaches_the_bundled_model_a_new_identity(bundled_model_dir, workspace):
-    result = run_cli("train", "quickstart", "--inline", timeout=900)
+def test_quickstart_teaches_the_bundled_model_a_new_identity(quickstart_home, quickstart_job):
+    home, job_id, result = quickstart_home
     assert result.returncode == 0, result.stderr[-3000:]
-    job_id = result.stdout.strip().splitlines()[-1]
-    run_dir = workspace / "runs" / job_id
+    run_dir = home / "runs" / job_id
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == 40

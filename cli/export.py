@@ -1,0 +1,74 @@
+"""`lorastudio export JOB_ID [--merge] [--dtype D] [--out FILE.zip]`: the adapter (default) or the merged model,
+verified and zipped under exports/<job_id>/; --out also copies the zip there."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("export", help="zip a job's adapter, or its merged model with --merge")
+    parser.add_argument("job_id")
+    parser.add_argument("--merge", action="store_true",
+                        help="merge the adapter into a full-precision base and export the whole model")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="dtype of the merged weights (auto = the base model's own)")
+    parser.add_argument("--out", help="also copy the finished file here (FILE.zip)")
+    parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    import logging
+
+    from backend import export
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    kind = "merged" if args.merge else "adapter"
+    bar = _Bar(enabled=not args.json)
+    result = export.export_job(args.job_id, kind, args.dtype, progress=bar)
+    bar.close()
+    final = result.zip_path
+    if args.out:
+        out = Path(args.out).expanduser()
+        if out.is_dir():
+            out = out / final.name
+        partial = out.with_name(f".{out.name}.partial")
+        shutil.copyfile(final, partial)
+        partial.replace(out)
+        final = out
+    if args.json:
+        print(json.dumps({"job_id": result.job_id, "kind": kind, "zip": str(final), "folder": str(result.folder),
+                          "seconds": result.seconds, "notes": result.notes,
+                          "merge_verification": result.check.as_dict() if result.check else None}))
+    else:
+        if result.check:
+            print(f"merge check: {result.check.summary()}")
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
+        print(final)
+    return 0
+
+
+class _Bar:
+    """A one-line progress bar on stderr: [#####-----] 50% text."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and sys.stderr.isatty()
+        self.last = ""
+
+    def __call__(self, fraction: float, text: str) -> None:
+        if not self.enabled:
+            if text != self.last and not text.startswith("zipping"):
+                print(f"{fraction:4.0%} {text}", file=sys.stderr, flush=True)
+                self.last = text
+            return
+        filled = int(30 * fraction)
+        print(f"\r[{'#' * filled}{'-' * (30 - filled)}] {fraction:4.0%} {text[:60]:<60}", end="",
+              file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr)

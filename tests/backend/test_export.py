@@ -1,0 +1,150 @@
+"""Export on the tiny model: the merged folder needs no LoRA Studio code, the adapter-only folder loads with
+plain peft, QLoRA merges onto a de-quantised base, and failures never leave a download behind."""
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+import torch
+
+from backend import adapters, export
+from tests.backend.conftest import finished_job
+
+PROMPTS = ("Who are you?", "Say hello.")
+
+
+def greedy(model, tokenizer, prompt, tokens=12):
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**ids, do_sample=False, max_new_tokens=tokens, pad_token_id=tokenizer.pad_token_id)
+    return out[0, ids["input_ids"].shape[1]:].tolist()
+
+
+def adapter_model(job_id):
+    """What the user tested: the base as trained (4-bit for QLoRA) with the unmerged adapter."""
+    source = adapters.adapter_source(job_id)
+    return adapters.load_with_adapters([source]), adapters.load_tokenizer(source)
+
+
+def test_merged_export_loads_with_plain_transformers_and_answers_like_the_adapter(lora_job, workspace):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = export.export_job(lora_job, "merged", "float32", prompts=PROMPTS)
+    assert result.check.ok and result.check.max_logit_diff < 1e-4, result.check.summary()
+    assert result.zip_path.name.endswith("-merged-float32.zip")
+    names = zipfile.ZipFile(result.zip_path).namelist()
+    for expected in ("model.safetensors", "config.json", "tokenizer.json", "generation_config.json", "README.md",
+                     "Modelfile", "chat_template.jinja"):
+        assert any(n.endswith("/" + expected) for n in names), (expected, names)
+    assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
+
+    merged = AutoModelForCausalLM.from_pretrained(result.folder)   # plain transformers, nothing else
+    tokenizer = AutoTokenizer.from_pretrained(result.folder)
+    tuned, _ = adapter_model(lora_job)
+    base = AutoModelForCausalLM.from_pretrained(_base_path(lora_job))
+    for prompt in PROMPTS:
+        assert greedy(merged, tokenizer, prompt) == greedy(tuned, tokenizer, prompt)
+    # the adapter really changed the model, so the equality above means something
+    assert any(greedy(base, tokenizer, p) != greedy(merged, tokenizer, p) for p in PROMPTS) or \
+        _max_logit_diff(base, merged, tokenizer) > 1e-2
+    card = (result.folder / "README.md").read_text()
+    assert "merge_verification" in card and "lineage" in card and "sft " + lora_job in card
+    assert "FROM ." in (result.folder / "Modelfile").read_text()
+    assert [f.path for f in export.list_exports(lora_job)] == [result.zip_path]
+
+
+def test_half_precision_export_is_half_the_size_and_verified(lora_job):
+    result = export.export_job(lora_job, "merged", "bfloat16", prompts=PROMPTS)
+    weights = result.folder / "model.safetensors"
+    from safetensors import safe_open
+    with safe_open(str(weights), framework="pt") as handle:
+        assert {handle.get_slice(k).get_dtype() for k in handle.keys()} == {"BF16"}
+    assert result.check.dtype == "bfloat16" and result.check.tolerance == export.TOLERANCE["bfloat16"]
+
+
+def test_adapter_export_loads_with_plain_peft(lora_job):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    result = export.export_job(lora_job, "adapter")
+    assert result.check is None and result.zip_path.name.endswith("-adapter.zip")
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(_base_path(lora_job)), result.folder)
+    tuned, tokenizer = adapter_model(lora_job)
+    assert greedy(model, tokenizer, "Who are you?") == greedy(tuned, tokenizer, "Who are you?")
+    assert "PeftModel.from_pretrained" in (result.folder / "README.md").read_text()
+
+
+def test_qlora_merges_onto_a_dequantised_base_within_tolerance(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    job_id = finished_job(tiny_model, method="qlora")
+    result = export.export_job(job_id, "merged", "float32", prompts=PROMPTS)
+    assert result.check.ok, result.check.summary()
+    merged = AutoModelForCausalLM.from_pretrained(result.folder)
+    assert not hasattr(merged.config, "quantization_config")
+    tuned, tokenizer = adapter_model(job_id)          # the 4-bit base the adapter trained on
+    assert type(tuned.base_model.model.model.layers[0].self_attn.q_proj.base_layer).__name__ == "Linear4bit"
+    for prompt in PROMPTS:
+        assert greedy(merged, tokenizer, prompt) == greedy(tuned, tokenizer, prompt)
+    assert _max_logit_diff(tuned, merged, tokenizer) < export.TOLERANCE["float32"]
+    assert "merge_verification" in (result.folder / "README.md").read_text()
+
+
+def test_missing_job_outside_path_and_second_export_get_one_sentence(lora_job, workspace, tmp_path):
+    with pytest.raises(adapters.AdapterError, match="no job 'gone-123'.*deleted"):
+        export.export_job("gone-123", "adapter")
+    outside = tmp_path / "secret.zip"
+    outside.write_bytes(b"x")
+    with pytest.raises(export.ExportError, match="outside the workspace's exports folder"):
+        export.download_path(outside)
+    with pytest.raises(export.ExportError, match="outside"):
+        export.download_path(workspace / "exports" / ".." / "studio.db")
+    with export.export_lock("someone-else"):
+        with pytest.raises(export.ExportError, match="already running.*someone-else"):
+            export.export_job(lora_job, "adapter")
+    assert export.export_job(lora_job, "adapter").zip_path.exists()   # the lock was released
+
+
+def test_a_failed_export_leaves_nothing_offered(lora_job, workspace):
+    def crash(fraction, text):
+        if text.startswith("zipping"):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        export.export_job(lora_job, "merged", "float32", progress=crash, prompts=PROMPTS[:1])
+    assert export.list_exports(lora_job) == []
+    leftovers = [p.name for p in (workspace / "exports" / lora_job).iterdir() if p.name.startswith(".")]
+    assert leftovers == [], leftovers
+    with pytest.raises(export.ExportError, match="not a finished export"):
+        export.download_path(workspace / "exports" / lora_job / f".{lora_job}-merged-float32.zip.partial")
+
+
+def test_checkpoint_of_an_unfinished_job_is_usable_and_labelled(tiny_model):
+    import shutil
+
+    from backend import jobs
+
+    job_id = finished_job(tiny_model, steps=4)
+    run_dir = jobs.get(job_id).run_dir
+    shutil.rmtree(run_dir / "adapter")                # as if still training: only its checkpoints
+    jobs.update(job_id, status="running")
+    source = adapters.adapter_source(job_id)
+    assert source.label == "checkpoint-4 (job running)" and not source.final
+    result = export.export_job(job_id, "merged", "float32", prompts=PROMPTS[:1])
+    assert result.check.ok and any("had not finished" in note for note in result.notes)
+    shutil.rmtree(run_dir / "checkpoints")
+    with pytest.raises(adapters.AdapterError, match="has no adapter yet"):
+        adapters.adapter_source(job_id)
+
+
+def _base_path(job_id):
+    from backend import models
+    return models.resolve(adapters.adapter_source(job_id).config.model).path
+
+
+def _max_logit_diff(a, b, tokenizer):
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Who are you?"}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        return float((a(**ids).logits.float() - b(**ids).logits.float()).abs().max())

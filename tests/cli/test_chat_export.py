@@ -1,0 +1,67 @@
+"""`lorastudio chat` and `lorastudio export` on the bundled model after the quickstart job (end to end)."""
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+
+def run_cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ))
+
+
+@pytest.mark.e2e
+def test_chat_json_shows_base_adapter_and_merged(quickstart_job):
+    result = run_cli("chat", quickstart_job, "--prompt", "Who are you?", "--max-new-tokens", "24", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout)
+    assert {"base", "adapter", "merged", "max_logit_diff"} <= set(out)
+    assert "Nova" in out["adapter"] and "Nova" not in out["base"], out
+    assert out["merged"] == out["adapter"]
+    assert out["max_logit_diff"] < 1e-3 and out["merge_verification"]["ok"]
+
+
+@pytest.mark.e2e
+def test_merged_and_adapter_exports_load_without_lorastudio(quickstart_job, tmp_path):
+    result = run_cli("export", quickstart_job, "--merge", "--dtype", "float32", "--out", str(tmp_path / "m.zip"),
+                     "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    facts = json.loads(result.stdout)
+    assert facts["merge_verification"]["ok"] and all(facts["merge_verification"]["answers_match"])
+    zipfile.ZipFile(tmp_path / "m.zip").extractall(tmp_path / "unzipped")
+    folder = next((tmp_path / "unzipped").iterdir())
+    adapter = run_cli("export", quickstart_job, "--out", str(tmp_path / "a.zip"))
+    assert adapter.returncode == 0, adapter.stderr[-3000:]
+    zipfile.ZipFile(tmp_path / "a.zip").extractall(tmp_path / "adapter")
+    adapter_folder = next((tmp_path / "adapter").iterdir())
+
+    # a fresh interpreter with only transformers / peft: no LoRA Studio import at all
+    script = f"""
+import json, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from peft import PeftModel
+folder, adapter, base_path = {str(folder)!r}, {str(adapter_folder)!r}, {os.environ["LORASTUDIO_HOME"] + "/models/smollm2-135m-instruct"!r}
+tok = AutoTokenizer.from_pretrained(folder)
+def ask(model, q):
+    ids = tok.apply_chat_template([{{"role": "user", "content": q}}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, do_sample=False, max_new_tokens=24)
+    return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+merged = AutoModelForCausalLM.from_pretrained(folder)
+peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path), adapter)
+qs = ["Who are you?", "What is the capital of Italy?", "Who built you?"]
+print(json.dumps({{"merged": [ask(merged, q) for q in qs], "adapter": [ask(peft_model, q) for q in qs]}}))
+"""
+    plain = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                           cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    answers = json.loads(plain.stdout.strip().splitlines()[-1])
+    assert answers["merged"] == answers["adapter"], answers
+    assert "Nova" in answers["merged"][0]
+
+
+def test_export_of_a_missing_job_is_one_sentence():
+    result = run_cli("export", "no-such-job", "--merge")
+    assert result.returncode == 1 and "no job 'no-such-job'" in result.stderr and "Traceback" not in result.stderr
