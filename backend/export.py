@@ -5,6 +5,9 @@ merged   base in full precision (a QLoRA base is de-quantised first: never a mer
          tokenizer and chat template, generation config, README.md (model card with the lineage and the merge
          verification) and an Ollama Modelfile
 adapter  the PEFT folder + its training card
+gguf     the merged model (float32) written as one GGUF file (F16 or Q8_0, backend/gguf_export.py) for llama.cpp /
+         Ollama / LM Studio, loaded back through transformers and compared with the merged model before it is
+         offered (a failed check fails the export: nothing is offered), with a Modelfile pointing at it
 
 Before saving, the merged weights are checked against the unmerged adapter on a few prompts (largest logit
 difference, greedy answers). Everything is written under exports/<job_id>/ into a hidden `.partial` name and
@@ -31,7 +34,8 @@ from backend.card import library_versions, read_card_facts
 
 log = logging.getLogger("lorastudio")
 
-KINDS = ("merged", "adapter")
+KINDS = ("merged", "adapter", "gguf")
+GGUF_QTYPES = ("f16", "q8_0")   # gguf 0.19 cannot quantise the k-quants (Q4_K_M); see backend/gguf_export.py
 VERIFY_PROMPTS = ("Who are you?", "What is the capital of Italy?", "Write one sentence about the sea.")
 VERIFY_NEW_TOKENS = 24
 # Largest |logit(adapter) - logit(merged)| accepted, by the dtype the merged model is saved in. float32 only
@@ -81,6 +85,7 @@ class ExportResult:
     seconds: float
     check: MergeCheck | None = None
     notes: list[str] = field(default_factory=list)
+    gguf: dict | None = None        # the GGUF verification (kind "gguf")
 
 
 @dataclass
@@ -156,21 +161,24 @@ def torch_equal(a, b) -> bool:
 # ---------------------------------------------------------------- export
 
 def export_job(job_id: str, kind: str = "merged", dtype: str = "auto", progress=None,
-               prompts=VERIFY_PROMPTS) -> ExportResult:
-    """Export a job's merged model or adapter into exports/<job_id>/ and zip it. progress(fraction, text)."""
+               prompts=VERIFY_PROMPTS, qtype: str = "f16") -> ExportResult:
+    """Export a job's merged model, adapter or GGUF into exports/<job_id>/ and zip it. progress(fraction, text)."""
     progress = progress or (lambda fraction, text: None)
     if kind not in KINDS:
         raise ExportError(f"export kind '{kind}' is not one of {', '.join(KINDS)}")
+    if kind == "gguf" and qtype not in GGUF_QTYPES:
+        raise ExportError(f"GGUF type '{qtype}' is not one of {', '.join(GGUF_QTYPES)}")
     started = time.monotonic()
     with export_lock(job_id):
         source = adapters.adapter_source(job_id)
-        dtype = resolve_dtype(source, dtype) if kind == "merged" else "adapter"
+        dtype = resolve_dtype(source, dtype) if kind == "merged" else None
         out_dir = workspace.exports_dir() / source.job_id
         out_dir.mkdir(parents=True, exist_ok=True)
-        name = f"{source.job_id}-merged-{dtype}" if kind == "merged" else f"{source.job_id}-adapter"
+        name = {"merged": f"{source.job_id}-merged-{dtype}", "adapter": f"{source.job_id}-adapter",
+                "gguf": f"{source.job_id}-{qtype}-gguf"}[kind]
         staging = out_dir / f".{name}.partial"
         shutil.rmtree(staging, ignore_errors=True)
-        check, notes = None, []
+        check, notes, gguf = None, [], None
         if not source.final:
             notes.append(f"exported from {source.label}: the job had not finished")
         try:
@@ -178,6 +186,8 @@ def export_job(job_id: str, kind: str = "merged", dtype: str = "auto", progress=
                 check = _write_merged(source, dtype, staging, prompts, progress)
                 if not check.ok:
                     notes.append("merge verification above tolerance: " + check.summary())
+            elif kind == "gguf":
+                check, gguf = _write_gguf(source, qtype, staging, prompts, progress)
             else:
                 progress(0.1, "copying the adapter")
                 _write_adapter(source, staging)
@@ -189,7 +199,8 @@ def export_job(job_id: str, kind: str = "merged", dtype: str = "auto", progress=
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     progress(1.0, "done")
-    result = ExportResult(source.job_id, kind, folder, zip_path, round(time.monotonic() - started, 2), check, notes)
+    result = ExportResult(source.job_id, kind, folder, zip_path, round(time.monotonic() - started, 2), check, notes,
+                          gguf)
     log.info("exported %s %s to %s in %.1f s", job_id, kind, zip_path, result.seconds)
     return result
 
@@ -210,28 +221,61 @@ def resolve_dtype(source, dtype: str) -> str:
 
 
 def _write_merged(source, dtype: str, staging: Path, prompts, progress) -> MergeCheck:
-    progress(0.02, "loading the base model in full precision" + (" (de-quantising the 4-bit base)"
-                                                                  if source.four_bit else ""))
-    model, merge = adapters.load_merged(source, dtype)
+    check = _merge_to_folder(source, dtype, staging, prompts, progress)
     tokenizer = adapters.load_tokenizer(source)
-    progress(0.2, "verifying: adapter answers")
-    reference = probe(model, tokenizer, prompts)
-    progress(0.35, "merging the adapter into the weights")
-    merged = merge()
-    progress(0.4, "verifying: merged answers")
-    check = merge_check(dtype, prompts, reference, follow(merged, tokenizer, reference.prompt_lengths,
-                                                          reference.sequences))
-    log.info("merge check: %s", check.summary())
-    progress(0.5, f"saving safetensors ({dtype})")
-    merged.generation_config.pad_token_id = tokenizer.pad_token_id
-    if tokenizer.eos_token_id is not None:
-        merged.generation_config.eos_token_id = tokenizer.eos_token_id
-    merged.save_pretrained(staging, safe_serialization=True, max_shard_size=SHARD_SIZE)
-    tokenizer.save_pretrained(staging)
-    del model, merged
     (staging / "Modelfile").write_text(modelfile_text(tokenizer, "FROM ."), encoding="utf-8")
     _write_card(source, staging, "merged", dtype, check)
     return check
+
+
+def _merge_to_folder(source, dtype: str, folder: Path, prompts, progress, span: float = 0.7) -> MergeCheck:
+    """Load, verify, merge and save_pretrained into `folder`; progress runs from 0 to `span`."""
+    progress(0.02 * span, "loading the base model in full precision" + (" (de-quantising the 4-bit base)"
+                                                                         if source.four_bit else ""))
+    model, merge = adapters.load_merged(source, dtype)
+    tokenizer = adapters.load_tokenizer(source)
+    progress(0.25 * span, "verifying: adapter answers")
+    reference = probe(model, tokenizer, prompts)
+    progress(0.5 * span, "merging the adapter into the weights")
+    merged = merge()
+    progress(0.6 * span, "verifying: merged answers")
+    check = merge_check(dtype, prompts, reference, follow(merged, tokenizer, reference.prompt_lengths,
+                                                          reference.sequences))
+    log.info("merge check: %s", check.summary())
+    progress(0.7 * span, f"saving safetensors ({dtype})")
+    merged.generation_config.pad_token_id = tokenizer.pad_token_id
+    if tokenizer.eos_token_id is not None:
+        merged.generation_config.eos_token_id = tokenizer.eos_token_id
+    merged.save_pretrained(folder, safe_serialization=True, max_shard_size=SHARD_SIZE)
+    tokenizer.save_pretrained(folder)
+    del model, merged
+    return check
+
+
+def _write_gguf(source, qtype: str, staging: Path, prompts, progress) -> tuple[MergeCheck, dict]:
+    """Merged float32 folder (temporary) -> GGUF -> loaded back and compared; a failed check raises."""
+    from backend import gguf_export, models
+
+    gguf_export.check_supported(Path(models.resolve(source.config.model).path))   # before any work
+    merged_dir = staging.with_name(staging.name + ".merged")
+    shutil.rmtree(merged_dir, ignore_errors=True)
+    try:
+        check = _merge_to_folder(source, "float32", merged_dir, prompts, progress, span=0.35)
+        staging.mkdir(parents=True)
+        gguf_path = staging / f"{source.job_id}-{qtype}.gguf"
+        gguf_export.write_gguf(merged_dir, gguf_path, qtype,
+                               progress=lambda f, text: progress(0.35 + 0.15 * f, f"writing GGUF {qtype}: {text}"))
+        progress(0.5, f"verifying the {qtype.upper()} file: loading it back through transformers")
+        verification = gguf_export.verify_gguf(gguf_path, merged_dir, list(prompts))
+        if not verification["ok"]:
+            raise ExportError(f"GGUF {qtype} export failed verification: {verification['reason']}; nothing is "
+                              "offered for download")
+        tokenizer = adapters.load_tokenizer(source)
+    finally:
+        shutil.rmtree(merged_dir, ignore_errors=True)
+    (staging / "Modelfile").write_text(modelfile_text(tokenizer, f"FROM ./{gguf_path.name}"), encoding="utf-8")
+    _write_card(source, staging, "gguf", qtype, check, verification)
+    return check, verification
 
 
 def _write_adapter(source, staging: Path) -> None:
@@ -242,7 +286,8 @@ def _write_adapter(source, staging: Path) -> None:
     _write_card(source, staging, "adapter", None, None)
 
 
-def _write_card(source, folder: Path, kind: str, dtype: str | None, check: MergeCheck | None) -> None:
+def _write_card(source, folder: Path, kind: str, dtype: str | None, check: MergeCheck | None,
+                gguf: dict | None = None) -> None:
     run_dir = workspace.run_dir(source.job_id)
     training = read_card_facts(run_dir / "card.md")
     if (run_dir / "card.md").is_file():
@@ -252,7 +297,16 @@ def _write_card(source, folder: Path, kind: str, dtype: str | None, check: Merge
              "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "base_model": training.get("base_model"),
              "method": source.config.method, "stage": source.config.stage, "lineage": lineage,
              "merge_verification": check.as_dict() if check else None, "libraries": library_versions()}
-    if kind == "merged":
+    if gguf:
+        facts["gguf_verification"] = {k: gguf.get(k) for k in ("qtype", "ok", "reason", "prompts", "answers_match",
+                                                              "gguf_answers", "max_logit_diff", "tolerance",
+                                                              "disagreements")}
+    if kind == "gguf":
+        how = (f"Run it with llama.cpp (`llama-cli -m {source.job_id}-{dtype}.gguf`), LM Studio, or "
+               "Ollama: `ollama create NAME -f Modelfile`.")
+        verified = (f"\n\nMerge verification: {check.summary()}.\n\nGGUF verification (loaded back through "
+                    f"transformers): {gguf['reason']}.") if check and gguf else ""
+    elif kind == "merged":
         how = ("Load it with `transformers.AutoModelForCausalLM.from_pretrained(this_folder)`; no LoRA Studio "
                "or peft code is needed. `ollama create NAME -f Modelfile` imports it into Ollama.")
         verified = f"\n\nMerge verification: {check.summary()}." if check else ""

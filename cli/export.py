@@ -1,5 +1,6 @@
-"""`lorastudio export JOB_ID [--merge] [--dtype D] [--out FILE.zip]`: the adapter (default) or the merged model,
-verified and zipped under exports/<job_id>/; --out also copies the zip there."""
+"""`lorastudio export JOB_ID [--merge] [--dtype D] [--gguf f16|q8_0] [--out FILE]`: the adapter (default), the
+merged model, or a GGUF file of it, verified and zipped under exports/<job_id>/; --out also copies the result
+there (the zip, or with --gguf the .gguf file itself)."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,10 @@ def add_parser(subparsers) -> None:
                         help="merge the adapter into a full-precision base and export the whole model")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="dtype of the merged weights (auto = the base model's own)")
-    parser.add_argument("--out", help="also copy the finished file here (FILE.zip)")
+    parser.add_argument("--gguf", choices=["f16", "q8_0"],
+                        help="write the merged model as one GGUF file (llama.cpp / Ollama / LM Studio), verified "
+                             "by loading it back")
+    parser.add_argument("--out", help="also copy the finished file here (FILE.zip, or FILE.gguf with --gguf)")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.set_defaults(handler=run)
 
@@ -26,11 +30,15 @@ def run(args) -> int:
     from backend import export
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    kind = "merged" if args.merge else "adapter"
+    kind = "gguf" if args.gguf else ("merged" if args.merge else "adapter")
     bar = _Bar(enabled=not args.json)
-    result = export.export_job(args.job_id, kind, args.dtype, progress=bar)
-    bar.close()
+    try:
+        result = export.export_job(args.job_id, kind, args.dtype, progress=bar, qtype=args.gguf or "f16")
+    finally:
+        bar.close()
     final = result.zip_path
+    if kind == "gguf" and args.out:
+        final = next(result.folder.glob("*.gguf"))
     if args.out:
         out = Path(args.out).expanduser()
         if out.is_dir():
@@ -42,10 +50,13 @@ def run(args) -> int:
     if args.json:
         print(json.dumps({"job_id": result.job_id, "kind": kind, "zip": str(final), "folder": str(result.folder),
                           "seconds": result.seconds, "notes": result.notes,
-                          "merge_verification": result.check.as_dict() if result.check else None}))
+                          "merge_verification": result.check.as_dict() if result.check else None,
+                          "gguf_verification": result.gguf}))
     else:
         if result.check:
             print(f"merge check: {result.check.summary()}")
+        if result.gguf:
+            print(f"GGUF check: {result.gguf['reason']}")
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
         print(final)

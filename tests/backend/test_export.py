@@ -148,3 +148,41 @@ def _max_logit_diff(a, b, tokenizer):
                                         return_tensors="pt", return_dict=True)
     with torch.no_grad():
         return float((a(**ids).logits.float() - b(**ids).logits.float()).abs().max())
+
+
+def test_gguf_export_is_verified_zipped_with_a_modelfile(lora_job):
+    result = export.export_job(lora_job, "gguf", qtype="f16", prompts=PROMPTS)
+    assert result.gguf["ok"] and result.gguf["qtype"] == "f16", result.gguf
+    names = [n.split("/", 1)[1] for n in zipfile.ZipFile(result.zip_path).namelist()]
+    assert sorted(names) == sorted([f"{lora_job}-f16.gguf", "Modelfile", "README.md", "training-card.md"])
+    assert f"FROM ./{lora_job}-f16.gguf" in (result.folder / "Modelfile").read_text()
+    assert "gguf_verification" in (result.folder / "README.md").read_text()
+    assert not any(p.name.endswith(".merged") for p in result.folder.parent.iterdir())   # temp merge removed
+
+
+def test_a_gguf_that_fails_verification_is_not_offered(lora_job, monkeypatch):
+    from backend import gguf_export
+
+    monkeypatch.setattr(gguf_export, "verify_gguf",
+                        lambda *a, **k: {"ok": False, "reason": "greedy answers differ on 1 of 2 prompts"})
+    with pytest.raises(export.ExportError, match="failed verification: greedy answers differ.*nothing is offered"):
+        export.export_job(lora_job, "gguf", qtype="q8_0", prompts=PROMPTS)
+    assert export.list_exports(lora_job) == []
+    assert [p.name for p in (export.workspace.exports_dir() / lora_job).iterdir()] == []
+
+
+def test_gguf_of_an_unsupported_architecture_fails_at_once(tiny_model_dir, workspace, tmp_path):
+    import json
+    import shutil
+
+    from backend import models
+
+    folder = tmp_path / "foo-model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "architectures": ["FooForCausalLM"]}))
+    models.import_model(folder, name="tiny-llama")   # the job's base now claims another architecture
+    job_id = finished_job("tiny-llama", steps=1)
+    with pytest.raises(Exception, match="GGUF export does not support FooForCausalLM yet"):
+        export.export_job(job_id, "gguf", qtype="f16")
+    assert export.list_exports(job_id) == []

@@ -65,3 +65,32 @@ print(json.dumps({{"merged": [ask(merged, q) for q in qs], "adapter": [ask(peft_
 def test_export_of_a_missing_job_is_one_sentence():
     result = run_cli("export", "no-such-job", "--merge")
     assert result.returncode == 1 and "no job 'no-such-job'" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.e2e
+def test_gguf_f16_of_the_quickstart_job_answers_like_the_merged_model(quickstart_job, tmp_path):
+    out = tmp_path / "nova-f16.gguf"
+    result = run_cli("export", quickstart_job, "--gguf", "f16", "--out", str(out), "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    check = json.loads(result.stdout)["gguf_verification"]
+    assert check["ok"] and check["answers_match"] == [True, True, True], check
+    assert check["max_logit_diff"] <= check["tolerance"] == 0.25
+    assert out.stat().st_size > 200 * 2 ** 20
+
+    # and independently: transformers' own GGUF loader, nothing from LoRA Studio
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path, gguf_file=out.name)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "Who are you?"}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)
+    answer = model.generate(**ids, do_sample=False, max_new_tokens=20)
+    assert "Nova" in tokenizer.decode(answer[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+@pytest.mark.e2e
+def test_gguf_q8_0_keeps_the_new_identity(quickstart_job):
+    result = run_cli("export", quickstart_job, "--gguf", "q8_0", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    check = json.loads(result.stdout)["gguf_verification"]
+    assert check["ok"] and check["qtype"] == "q8_0", check
+    assert check["prompts"][0] == "Who are you?" and "Nova" in check["gguf_answers"][0], check
