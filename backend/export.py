@@ -113,20 +113,36 @@ class Probe:
 
 
 def probe(model, tokenizer, prompts, max_new_tokens: int = VERIFY_NEW_TOKENS) -> Probe:
-    """Greedy answers of `model`, with its logits over each prompt + answer."""
+    """Greedy answers of `model` to all prompts in one batched generate (left padding), then its logits over
+    each prompt + answer, one unpadded forward each (see follow)."""
     import torch
 
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                           tokenize=False) for p in prompts]
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    finally:
+        tokenizer.padding_side = side
+    with torch.no_grad():
+        out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens,
+                             pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
+    stops = _eos_ids(model, tokenizer)
     lengths, sequences = [], []
-    for prompt in prompts:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                            return_tensors="pt", return_dict=True)["input_ids"].to(model.device)
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                 temperature=None, top_p=None, top_k=None)
-        lengths.append(ids.shape[1])
-        sequences.append(out)
+    for row, mask in zip(out, batch["attention_mask"]):
+        pads, length = int((mask == 0).sum()), int(mask.sum())
+        sequence = row[pads:].tolist()
+        answer = sequence[length:]
+        end = next((i + 1 for i, token in enumerate(answer) if token in stops), len(answer))
+        lengths.append(length)
+        sequences.append(torch.tensor([sequence[:length + end]]))
     return follow(model, tokenizer, lengths, sequences)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, (list, tuple)) else [ids] if ids is not None else [])
+    return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
 
 
 def follow(model, tokenizer, prompt_lengths, sequences) -> Probe:
@@ -146,11 +162,11 @@ def follow(model, tokenizer, prompt_lengths, sequences) -> Probe:
 
 
 def merge_check(dtype: str, prompts, reference: Probe, merged: Probe) -> MergeCheck:
-    """reference: the unmerged adapter's probe(); merged: follow() of the merged model on its sequences."""
+    """reference: the unmerged adapter's probe(); merged: follow() of the merged model on its sequences. Both
+    sides' greedy tokens are read off unpadded forwards of identical sequences, so batching cannot differ."""
     diff = max(float((a - b).abs().max()) for a, b in zip(reference.logits, merged.logits))
-    generated = [seq[0, n:].cpu() for seq, n in zip(reference.sequences, reference.prompt_lengths)]
     return MergeCheck(dtype=dtype, prompts=list(prompts), max_logit_diff=diff,
-                      answers_match=[bool(torch_equal(a, b)) for a, b in zip(generated, merged.answer_ids)],
+                      answers_match=[torch_equal(a, b) for a, b in zip(reference.answer_ids, merged.answer_ids)],
                       adapter_answers=reference.answers, merged_answers=merged.answers, tolerance=TOLERANCE[dtype])
 
 

@@ -186,3 +186,16 @@ def test_gguf_of_an_unsupported_architecture_fails_at_once(tiny_model_dir, works
     with pytest.raises(Exception, match="GGUF export does not support FooForCausalLM yet"):
         export.export_job(job_id, "gguf", qtype="f16")
     assert export.list_exports(job_id) == []
+
+
+def test_merge_check_catches_a_merge_that_lost_the_adapter(lora_job):
+    source = adapters.adapter_source(lora_job)
+    model, _ = adapters.load_merged(source)
+    tokenizer = adapters.load_tokenizer(source)
+    reference = export.probe(model, tokenizer, PROMPTS)
+    with model.disable_adapter():     # what a broken merge would give: the base alone
+        wrong = export.follow(model, tokenizer, reference.prompt_lengths, reference.sequences)
+    check = export.merge_check("float32", PROMPTS, reference, wrong)
+    assert not check.ok and check.max_logit_diff > 1e-2 and "WARNING" in check.summary()
+    right = export.follow(model, tokenizer, reference.prompt_lengths, reference.sequences)
+    assert export.merge_check("float32", PROMPTS, reference, right).max_logit_diff == 0.0
