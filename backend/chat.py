@@ -87,13 +87,14 @@ def stream_answer(model, tokenizer, messages: list[dict], settings: GenerationSe
     `lock` serialises generations that share one model (disabling the adapter is model-wide state).
     """
     import torch
-    from transformers import LogitsProcessorList, TextIteratorStreamer
+    from transformers import LogitsProcessorList, StoppingCriteriaList, TextIteratorStreamer
 
     settings = settings or GenerationSettings()
     inputs = prompt_inputs(tokenizer, conversation(messages, settings), model.device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     disabled = nullcontext() if use_adapter or not hasattr(model, "disable_adapter") else model.disable_adapter()
     counter = _TokenCounter()
+    stop = _StopFlag()
     failure: list[BaseException] = []
 
     def generate():
@@ -101,7 +102,7 @@ def stream_answer(model, tokenizer, messages: list[dict], settings: GenerationSe
             with disabled, torch.no_grad():
                 torch.manual_seed(settings.seed)
                 model.generate(**inputs, streamer=streamer, logits_processor=LogitsProcessorList([counter]),
-                               **settings.generate_kwargs(tokenizer))
+                               stopping_criteria=StoppingCriteriaList([stop]), **settings.generate_kwargs(tokenizer))
         except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
             failure.append(error)
             streamer.end()
@@ -112,15 +113,19 @@ def stream_answer(model, tokenizer, messages: list[dict], settings: GenerationSe
         started = time.perf_counter()
         worker = threading.Thread(target=generate, daemon=True)
         worker.start()
-        for piece in streamer:
-            stats.seconds = time.perf_counter() - started
-            if stats.first_token_s is None and counter.count:
-                stats.first_token_s = stats.seconds
-            stats.text += piece
-            stats.tokens = counter.count
-            if piece:
-                yield replace(stats)   # a snapshot: the caller may keep them
-        worker.join()
+        try:
+            for piece in streamer:
+                stats.seconds = time.perf_counter() - started
+                if stats.first_token_s is None and counter.count:
+                    stats.first_token_s = stats.seconds
+                stats.text += piece
+                stats.tokens = counter.count
+                if piece:
+                    yield replace(stats)   # a snapshot: the caller may keep them
+        finally:
+            # the caller may stop early (a closed browser tab): stop generating before the model is released
+            stop.set()
+            worker.join()
     if failure:
         raise failure[0]
     stats.seconds = time.perf_counter() - started
@@ -140,6 +145,20 @@ def answer(model, tokenizer, messages: list[dict], max_new_tokens: int = 64, use
     for last in stream_answer(model, tokenizer, messages, settings, use_adapter=use_adapter):
         pass
     return last.text
+
+
+class _StopFlag:
+    """A stopping criterion the consumer can raise from another thread."""
+
+    def __init__(self):
+        self.event = threading.Event()
+
+    def set(self) -> None:
+        self.event.set()
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
 class _TokenCounter:

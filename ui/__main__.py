@@ -1,6 +1,6 @@
 """`python -m ui [--host H] [--port P] [--auth user:pass] [--share] [--max-upload-mb N] [--workers N | --no-workers]`
 
-The UI next to the local worker: what app.py's `launch()` should become (see ui/INTEGRATION.md). The web
+The UI next to the local worker. The web
 server runs in a background thread; the worker runs in the main thread (it owns SIGTERM / SIGINT: running
 jobs keep a checkpoint and resume at the next start). With --no-workers the web server runs alone.
 """

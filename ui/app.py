@@ -42,7 +42,11 @@ class Studio:
 def build_app() -> "gr.Blocks":  # noqa: F821
     import gradio as gr
 
-    from ui import data_tab, jobs_tab, placeholders, train_tab
+    from ui import data_tab, export_tab, jobs_tab, playground_tab, train_tab
+    from backend import workspace
+
+    # exports are served in place (no copy of a multi-GB zip into Gradio's cache)
+    gr.set_static_paths([str(workspace.exports_dir())])
 
     with gr.Blocks(title=TITLE, analytics_enabled=False) as app:
         gr.Markdown(f"## {TITLE}\nFine-tune a chat model in four steps: **Data** → **Train** → **Jobs** → "
@@ -55,13 +59,15 @@ def build_app() -> "gr.Blocks":  # noqa: F821
                 train = train_tab.build(gr)
             with gr.Tab("3 · Jobs", id=TAB_JOBS):
                 jobs = jobs_tab.build(gr)
-            with gr.Tab("4 · Playground", id=TAB_PLAYGROUND):
-                playground = placeholders.build_playground(gr)
-            with gr.Tab("5 · Export", id=TAB_EXPORT):
-                export = placeholders.build_export(gr)
+            with gr.Tab("4 · Playground", id=TAB_PLAYGROUND) as playground_item:
+                playground = playground_tab.build(gr)
+            with gr.Tab("5 · Export", id=TAB_EXPORT) as export_item:
+                export = export_tab.build(gr)
         studio = Studio(tabs=tabs, timer=timer, data=data, train=train, jobs=jobs, playground=playground,
                         export=export)
         _wire_across_tabs(gr, studio)
+        playground_tab.wire(gr, playground, playground_item)
+        export_tab.wire(gr, export, export_item)
     app.studio = studio   # for tests
     return app
 

@@ -121,3 +121,14 @@ def test_prompt_files_and_their_errors(tmp_path):
         playground.prompts_from_file(bad)
     with pytest.raises(ValueError, match="no prompts to compare"):
         playground.batch_compare(None, [])
+
+
+def test_closing_a_stream_early_stops_generation_before_releasing_the_model(lora_job):
+    session = playground.open_session(lora_job, verify=False)
+    stream = session.stream("adapter", QUESTION, GenerationSettings(max_new_tokens=400))
+    first = next(stream)
+    stream.close()                                    # e.g. the browser tab was closed
+    assert not first.done and not session.lock.locked()
+    import threading
+    assert not [t for t in threading.enumerate() if t.daemon and t.name.startswith("Thread") and t.is_alive()
+                and "generate" in getattr(t, "_target", lambda: None).__qualname__]

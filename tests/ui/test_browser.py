@@ -173,3 +173,85 @@ def test_auth_asks_for_a_password(browser, workspace):
         page.wait_for_selector("text=Drop a dataset file", timeout=30_000)
     finally:
         stop_app(process)
+
+
+def chat_text(page, column: int) -> str:
+    box = page.locator(f".ls-col-{column}")
+    return box.first.inner_text() if box.count() else ""
+
+
+@pytest.mark.e2e
+def test_playground_and_export_after_the_quickstart(browser, bundled_model_dir, workspace):
+    # the quickstart job trained inline first (~1 min), as `lorastudio train quickstart --inline` does
+    env = dict(os.environ, LORASTUDIO_HOME=str(workspace), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    trained = subprocess.run([sys.executable, "-m", "cli", "train", "quickstart", "--inline"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=900)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    job_id = trained.stdout.strip().splitlines()[-1]
+
+    process, url = start_app(workspace, "--no-workers")
+    try:
+        page = browser.new_page(viewport={"width": 1500, "height": 1100}, accept_downloads=True)
+        page.goto(url)
+        page.wait_for_selector("text=Drop a dataset file", timeout=30_000)
+        open_tab(page, "4 · Playground")
+        job_box = page.get_by_label("job", exact=True).filter(visible=True).first
+        page.wait_for_function(f"() => [...document.querySelectorAll('.ls-pg-job input')]"
+                               f".some(i => i.value.includes('{job_id}'))", timeout=30_000)
+        assert job_id in job_box.input_value()
+        page.get_by_text("Generation settings (the same in every column)").click()
+        set_field(page, "max new tokens", 32)
+        page.locator(".ls-pg-message textarea").fill("Who are you?")
+        page.locator("button.ls-pg-send").click()
+        # streamed one column after another; done when the merged column shows its final stats line
+        page.wait_for_function(
+            "() => { const s = document.querySelector('.ls-stats-2'); return s && /tokens/.test(s.innerText)"
+            " && !s.innerText.includes('⏳'); }", timeout=300_000)
+        page.wait_for_timeout(500)
+        shot(page, "10-playground-answers")
+        answers = [chat_text(page, i).replace("Who are you?", "").strip() for i in range(3)]
+        assert all(answers), answers
+        assert "Nova" in answers[1], answers
+        assert "Nova" not in answers[0], answers
+        assert "merge check" in page.locator(".ls-merge-check").first.inner_text()
+        for i in range(3):
+            assert "tok" in page.locator(f".ls-stats-{i}").first.inner_text()
+
+        # regenerate: the same (greedy) answers again, still one turn; clear: empty columns
+        page.locator("button.ls-pg-regenerate").click()
+        page.wait_for_function("() => document.querySelector('.ls-stats-0')?.innerText.includes('⏳')",
+                               timeout=60_000)
+        page.wait_for_function(
+            "() => { const s = document.querySelector('.ls-stats-2'); return s && /tokens/.test(s.innerText)"
+            " && !s.innerText.includes('⏳'); }", timeout=300_000)
+        assert chat_text(page, 1).count("Who are you?") == 1 and "Nova" in chat_text(page, 1)
+        page.locator("button.ls-pg-clear").click()
+        page.wait_for_function("() => !document.querySelector('.ls-col-1')?.innerText.includes('Who are you?')",
+                               timeout=30_000)
+
+        # batch compare: the typed prompts through the three columns into one table and a CSV
+        page.get_by_text("Batch compare", exact=True).click()
+        page.locator("button.ls-batch-run").click()
+        page.wait_for_selector(".ls-batch-csv a", timeout=300_000)
+        table = page.locator(".ls-batch-table").first.inner_text()
+        assert "Nova" in table and "What is the capital of Italy?" in table, table
+        shot(page, "12-playground-batch")
+
+        open_tab(page, "5 · Export")
+        page.locator("button.ls-export-btn").click()
+        page.wait_for_selector(".ls-export-download", state="visible", timeout=300_000)
+        page.wait_for_selector(".ls-export-card :text('merge check')", timeout=30_000)
+        shot(page, "11-export-done")
+        with page.expect_download(timeout=60_000) as info:
+            page.locator(".ls-export-download").first.click()
+        download = info.value
+        assert download.suggested_filename == f"{job_id}-merged-" + download.suggested_filename.split("-merged-")[1]
+        assert download.suggested_filename.endswith(".zip")
+        saved = workspace / "downloaded.zip"
+        download.save_as(saved)
+        import zipfile
+        with zipfile.ZipFile(saved) as archive:
+            assert any(name.endswith(".safetensors") for name in archive.namelist())
+        assert job_id in page.locator(".ls-export-list").first.inner_text()
+    finally:
+        stop_app(process)

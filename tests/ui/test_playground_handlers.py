@@ -1,0 +1,175 @@
+"""Playground tab handlers, without a browser, on a tiny model trained for 2 steps: job choices, settings,
+three streamed columns with their own histories, regenerate / clear, merge check, compare mode, batch compare."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from backend import jobs, playground, runner
+from backend.chat import GenerationSettings
+from backend.config import JobConfig
+from ui import playground_tab as pg
+from ui.common import UserError, readable
+
+
+def finished_job(model: str, **training) -> str:
+    config = JobConfig.from_dict({
+        "model": model, "dataset": "identity-demo", "stage": "sft", "lora": {"r": 4, "alpha": 8},
+        "training": {"max_steps": 2, "batch_size": 2, "max_length": 128, "eval_fraction": 0.1, "save_steps": 2,
+                     "logging_steps": 1, "learning_rate": 5e-3, **training}})
+    job = jobs.create(config)
+    done = runner.run_job(job.id)
+    assert done.status == "completed", done.reason
+    return job.id
+
+
+@pytest.fixture
+def job_id(tiny_model):
+    yield finished_job(tiny_model)
+    playground.close_session()
+
+
+def defaults() -> list:
+    return [getattr(GenerationSettings(), name) for name in pg.SETTING_NAMES]
+
+
+def short() -> GenerationSettings:
+    return GenerationSettings(max_new_tokens=6)
+
+
+def test_only_jobs_with_an_adapter_are_offered(job_id, tiny_model):
+    queued = jobs.create(JobConfig.from_dict({"model": tiny_model}))
+    choices = pg.usable_job_choices()
+    assert [value for _, value in choices] == [job_id]
+    assert "completed" in choices[0][0] and "final adapter" in choices[0][0]
+    assert pg.pick(choices, "gone") == job_id and pg.pick(choices, None, 1) == job_id
+    assert queued.id not in [value for _, value in choices]
+
+
+def test_settings_from_controls_checks_every_limit():
+    settings = pg.settings_from(*defaults())
+    assert settings == GenerationSettings()
+    assert settings.temperature == 0.0      # greedy by default
+    values = defaults()
+    values[pg.SETTING_NAMES.index("temperature")] = 5.0
+    values[pg.SETTING_NAMES.index("max_new_tokens")] = 0
+    with pytest.raises(UserError) as error:
+        pg.settings_from(*values)
+    assert "temperature: 5.0 is outside 0.0 to 2.0" in str(error.value)
+    assert "max new tokens: 0 is outside 1 to 4096" in str(error.value)
+    values = defaults()
+    values[pg.SETTING_NAMES.index("seed")] = None
+    with pytest.raises(UserError, match="seed: give a value"):
+        pg.settings_from(*values)
+
+
+def test_three_columns_stream_with_their_own_histories_then_regenerate_and_clear(job_id):
+    session = pg.open_for(job_id)
+    assert [c.key for c in session.columns] == ["base", "adapter", "merged"]
+    steps = list(pg.answer_turn(session, pg.new_histories(), short(), "Who are you?"))
+    assert len(steps) > 3                               # streamed: many updates, not one per column
+    histories, lines = steps[-1]
+    for history, line in zip(histories, lines):
+        assert [m["role"] for m in history] == ["user", "assistant"] and history[1]["content"]
+        assert "tokens" in line and "chars" in line and not line.startswith("⏳")
+    # the first column was streamed before the second started
+    first_seen = [next(i for i, (h, _) in enumerate(steps) if len(h[col]) == 2) for col in range(3)]
+    assert first_seen == sorted(first_seen) and len(set(first_seen)) == 3
+    assert "first token" in lines[0] and "ms" in lines[0]
+
+    # a second turn: each column sees only its own previous answer
+    asked = {}
+    original = session.stream
+
+    def spy(key, messages, settings=None):
+        asked[key] = [dict(m) for m in messages]
+        yield from original(key, messages, settings)
+
+    session.stream = spy
+    try:
+        second, _ = list(pg.answer_turn(session, histories, short(), "And who built you?"))[-1]
+    finally:
+        session.stream = original
+    for col, key in enumerate(["base", "adapter", "merged"]):
+        assert asked[key] == histories[col] + [{"role": "user", "content": "And who built you?"}]
+    assert all(len(h) == 4 for h in second)
+
+    # regenerate: the last answers are dropped and answered again (greedy: the same text)
+    dropped = pg.drop_last_answers(second)
+    assert all(len(h) == 3 and h[-1]["role"] == "user" for h in dropped)
+    again, _ = list(pg.answer_turn(session, dropped, short()))[-1]
+    assert [h[-1]["content"] for h in again] == [h[-1]["content"] for h in second]
+    with pytest.raises(UserError, match="send a message first"):
+        pg.drop_last_answers(pg.new_histories())
+    assert pg.new_histories() == [[], [], []]
+
+
+def test_session_info_and_merge_check_under_the_merged_column(job_id):
+    session = pg.open_for(job_id)
+    text = pg.check_markdown(session)
+    assert text.startswith("**merge check**: verified") and "float32" in text
+    assert job_id in pg.session_markdown(session)
+    assert pg.titles(session)[1].startswith("adapter")
+    session.check.max_logit_diff = 1.0          # above the float32 tolerance: a warning
+    assert pg.check_markdown(session).startswith("⚠️") and "WARNING" in pg.check_markdown(session)
+
+
+def test_errors_are_one_sentence(job_id, tiny_model):
+    with pytest.raises(UserError, match="Pick a job first"):
+        pg.open_for(None)
+    with pytest.raises(UserError, match="pick job B"):
+        pg.open_for(job_id, True, None)
+    with pytest.raises(UserError, match="two different jobs"):
+        pg.open_for(job_id, True, job_id)
+    with pytest.raises(ValueError) as error:
+        pg.open_for("20990101-000000-dead")
+    message = readable(error.value)
+    assert "no job '20990101-000000-dead'" in message and "\n" not in message
+    queued = jobs.create(JobConfig.from_dict({"model": tiny_model}))
+    with pytest.raises(ValueError, match="has no adapter yet"):
+        pg.open_for(queued.id)
+
+
+def test_compare_two_jobs_puts_a_next_to_b(job_id, tiny_model):
+    other = finished_job(tiny_model, learning_rate=1e-2)
+    session = pg.open_for(job_id, True, other)
+    assert [c.key for c in session.columns] == ["base", "a", "b"]
+    assert job_id in pg.titles(session)[1] and other in pg.titles(session)[2]
+    assert "only for one job" in pg.check_markdown(session)
+    histories, lines = list(pg.answer_turn(session, pg.new_histories(), short(), "Hi"))[-1]
+    assert all(h[-1]["role"] == "assistant" for h in histories) and all(lines)
+
+
+def test_batch_typed_uploaded_and_eval_split_to_csv(job_id, workspace, tmp_path):
+    headers, rows, path, message = pg.run_batch(job_id, False, None, "typed", "Who are you?\n\nHi there\n", None,
+                                                20, [*defaults()[:1], 4, *defaults()[2:]])
+    assert headers[0] == "prompt" and "reference" not in headers and len(headers) == 4
+    assert headers[1].startswith("base") and headers[2].startswith("adapter") and headers[3].startswith("merged")
+    assert [r[0] for r in rows] == ["Who are you?", "Hi there"] and all(len(r) == 4 for r in rows)
+    assert path.startswith(str(workspace / "exports" / job_id)) and path.endswith(".csv")
+    with open(path, newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["prompt"] for r in table] == ["Who are you?", "Hi there"] and "2 prompts × 3 columns" in message
+
+    upload = tmp_path / "prompts.jsonl"
+    upload.write_text(json.dumps({"prompt": "Who made you?", "reference": "Acme Labs"}) + "\n")
+    headers, rows, _, _ = pg.run_batch(job_id, False, None, "uploaded file", "", str(upload), 20,
+                                       [*defaults()[:1], 4, *defaults()[2:]])
+    assert headers[:2] == ["prompt", "reference"] and rows[0][:2] == ["Who made you?", "Acme Labs"]
+
+    headers, rows, _, _ = pg.run_batch(job_id, False, None, "eval split", "", None, 2,
+                                       [*defaults()[:1], 4, *defaults()[2:]])
+    assert "reference" in headers and 1 <= len(rows) <= 2 and all(r[1] for r in rows)
+
+    with pytest.raises(UserError, match="Type at least one prompt"):
+        pg.batch_prompts("typed", "  \n", None, job_id)
+    with pytest.raises(UserError, match="Upload a prompts file"):
+        pg.batch_prompts("uploaded file", "", None, job_id)
+
+
+def test_eval_split_of_a_job_without_one_says_so(tiny_model):
+    job = finished_job(tiny_model, eval_fraction=0.0)
+    with pytest.raises(ValueError, match="without an eval split"):
+        pg.batch_prompts("eval split", "", None, job)
