@@ -1,9 +1,28 @@
 """Pre-flight memory estimate, shown in the Train tab before a job starts.
 
-estimate(config) -> Estimate: base weights by method and bits + adapter (weights, grads, AdamW states) +
-activations for batch x length (+ logits), in bytes, and a fits / tight / will-not-fit verdict per device.
-Pure arithmetic from the model's config.json: no torch import, no weights loaded. It is an estimate
-(typically within about 25% of the peak the trainer reaches); the badge leaves that margin.
+estimate(config) -> Estimate: weights + adapter (weights, grads, AdamW states) + activations + overhead, in bytes,
+and a fits / tight / will-not-fit verdict per device. Pure arithmetic from the model's config.json: no torch
+import, no weights loaded. Each term is counted from what the libraries hold (see bench/estimator.py, which
+measures it; bench/RESULTS.md publishes estimate vs measured for LoRA / QLoRA / DoRA / PiSSA at two lengths):
+
+* weights: every parameter in the compute dtype (fp32 on CPU, bf16 on GPU); QLoRA / QDoRA: the decoder's linear
+  layers as NF4 (half a byte + one fp32 absmax per 64 weights), the rest (embeddings, norms, an untied head) in
+  fp32, where peft's prepare_model_for_kbit_training puts them.
+* adapter: LoRA A/B (+ DoRA magnitudes) with their gradients and two AdamW states, fp32 (bf16 for QLoRA: TRL
+  casts a quantized model's adapter to bf16).
+* activations: the tensors autograd keeps for the backward pass, per token and layer, counted from the Llama
+  layer with peft's LoRA on it and checked against torch.autograd.graph's saved tensors on the bundled model:
+  the RMSNorms' fp32 inputs, sdpa's q / k / v / out (k / v repeated to every head when padding-free needs a
+  mask), the MLP's gate / up / silu, each adapted layer's dropout output and mask (a float tensor on CPU, bool on
+  CUDA) and lora_A output, in the adapter's dtype; DoRA adds three outputs per adapted layer. Plus the LM head:
+  TRL scores tokens in [4096 x 32768] tiles instead of materialising the logits; on CPU the torch fallback of that
+  kernel, its temporaries (forward and backward) and the heap they leave behind measured as 15 tile-sized
+  buffers (LM_HEAD_TILES_CPU = 15). Padding-free under sdpa adds a (tokens x tokens) float mask per layer. Gradient
+  checkpointing keeps one hidden state per layer and recomputes one layer.
+* overhead: CPU: nothing measurable beyond the terms above (tokenizer, rows and trainer fit in what the imports
+  left free), plus the checkpoint pages that stay memory-mapped (in RSS, reclaimable) once QLoRA has quantized
+  the weights or PiSSA has written its residual weights;
+  GPU: the CUDA context and the caching allocator's reserve.
 """
 from __future__ import annotations
 
@@ -15,8 +34,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 GIB = 1024 ** 3
-TIGHT_AT = 0.80           # above this share of a device's memory: "tight"
-OVERHEAD_BYTES = 0.5 * GIB  # framework / allocator / CUDA context
+MIB = 1024 ** 2
+TIGHT_AT = 0.80                 # above this share of a device's memory: "tight"
+GPU_OVERHEAD = 0.5 * GIB        # CUDA context + caching-allocator reserve
+CPU_OVERHEAD = 0.0              # measured: tokenizer, rows and trainer fit in what the imports left free
+NF4_BYTES = 0.5 + 4 / 64        # 4-bit weights + one fp32 absmax per block of 64
+LM_HEAD_TOKENS, LM_HEAD_VOCAB = 4096, 32768   # TRL's fused LM head tile (trl.kernels.chunked_logprob)
+LM_HEAD_TILES_CPU = 15          # measured: torch fallback tiles + their temporaries, forward and backward, + heap
+LM_HEAD_TILES_GPU = 2           # Triton kernels: the tile buffer, forward and backward
 
 
 @dataclass
@@ -41,13 +66,14 @@ class Device:
 
 
 def _dims(model_path: str | None, parameters: int) -> dict:
-    """Architecture numbers from config.json, or rough ones from the parameter count."""
+    """Architecture numbers from config.json, or rough llama-like ones from the parameter count."""
     cfg = {}
     if model_path and Path(model_path, "config.json").is_file():
         try:
             cfg = json.loads(Path(model_path, "config.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             cfg = {}
+    cfg = cfg.get("text_config") or cfg
     hidden = cfg.get("hidden_size") or cfg.get("n_embd") or 0
     layers = cfg.get("num_hidden_layers") or cfg.get("n_layer") or 0
     if not hidden or not layers:
@@ -58,14 +84,25 @@ def _dims(model_path: str | None, parameters: int) -> dict:
     heads = cfg.get("num_attention_heads") or max(hidden // 64, 1)
     kv_heads = cfg.get("num_key_value_heads") or heads
     head_dim = cfg.get("head_dim") or hidden // heads
-    return {"hidden": hidden, "layers": layers, "inter": cfg.get("intermediate_size") or 4 * hidden,
-            "kv": kv_heads * head_dim, "vocab": cfg.get("vocab_size") or 32000,
-            "params": parameters or 12 * layers * hidden * hidden}
+    inter = cfg.get("intermediate_size") or 4 * hidden
+    vocab = cfg.get("vocab_size") or 32000
+    q, kv = heads * head_dim, kv_heads * head_dim
+    linear = layers * (2 * hidden * q + 2 * hidden * kv + 3 * hidden * inter)   # q, o, k, v, gate, up, down
+    tied = cfg.get("tie_word_embeddings", True)
+    stored = str(cfg.get("dtype") or cfg.get("torch_dtype") or "bfloat16")
+    params = parameters or linear + vocab * hidden * (1 if tied else 2)
+    return {"hidden": hidden, "layers": layers, "inter": inter, "q": q, "kv": kv, "vocab": vocab,
+            "params": params, "linear": min(linear, params), "checkpoint_bytes": 4 if "32" in stored else 2}
 
 
 def adapter_parameters(dims: dict, r: int, target_modules) -> int:
-    h, i, kv, n = dims["hidden"], dims["inter"], dims["kv"], dims["layers"]
-    shapes = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
+    return dims["layers"] * sum(r * (a + b) for a, b in _adapted(dims, target_modules).values())
+
+
+def _adapted(dims: dict, target_modules) -> dict:
+    """(in, out) of each adapted module of one layer."""
+    h, i, q, kv = dims["hidden"], dims["inter"], dims["q"], dims["kv"]
+    shapes = {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
               "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
     if target_modules == "all-linear":
         names = list(shapes)
@@ -73,37 +110,93 @@ def adapter_parameters(dims: dict, r: int, target_modules) -> int:
         names = ["q_proj", "k_proj", "v_proj", "o_proj"]
     else:
         names = [m for m in (target_modules or []) if m in shapes] or ["q_proj", "v_proj"]
-    return n * sum(r * (a + b) for a, b in (shapes[m] for m in names))
+    return {name: shapes[name] for name in names}
+
+
+def saved_per_token_layer(dims: dict, config, cuda: bool, masked: bool = False) -> float:
+    """Bytes autograd keeps for the backward pass, per token and decoder layer (no gradient checkpointing).
+
+    Counted from the Llama layer with peft's LoRA on it and checked against torch.autograd.graph's saved tensors
+    on the bundled model (CPU, fp32: 69.5 KB per token and layer for LoRA r=16 all-linear, 134 KB for DoRA)."""
+    h, i, q, kv = dims["hidden"], dims["inter"], dims["q"], dims["kv"]
+    act = 2 if cuda and config.training.precision != "fp32" else 4
+    adapter = 2 if config.method in ("qlora", "qdora") else 4     # peft runs the LoRA branch in the adapter's dtype
+    saved = 2 * h * 4                  # the two RMSNorms keep their fp32 input
+    # sdpa keeps q, k, v and out; with a mask (padding-free) transformers repeats k / v to every head first. A
+    # worst-case batch (every row at max_length) has no padding, so padded batches need no mask.
+    saved += (2 * q + 2 * (q if masked else kv)) * act
+    saved += 3 * i * act               # gate, up, silu(gate)
+    for d_in, d_out in _adapted(dims, config.lora.target_modules).values():
+        saved += config.lora.r * adapter                   # lora_A's output
+        if config.lora.dropout > 0:
+            # dropout's output, and its mask: a float tensor on CPU, a bool one from CUDA's fused kernel
+            saved += d_in * adapter + d_in * (1 if cuda else adapter)
+        if config.method in ("dora", "qdora"):
+            saved += 3 * d_out * act                         # DoRA: base output, LoRA output, their scaled sum
+    return saved
 
 
 def estimate(config, model_path: str | None = None, parameters: int = 0, cuda: bool = False) -> Estimate:
     """Memory for one device (data-parallel jobs: each device holds all of this)."""
     dims = _dims(model_path, parameters)
     t = config.training
-    bits = 4.5 if config.method in ("qlora", "qdora") else (16 if cuda and t.precision != "fp32" else 32)
-    if t.precision == "fp32":
-        bits = 4.5 if config.method in ("qlora", "qdora") else 32
-    compute_bytes = 2 if (cuda and t.precision != "fp32") else 4
-    weights = dims["params"] * bits / 8
+    act_bytes = 2 if cuda and t.precision != "fp32" else 4       # bf16 / fp16 on GPU, fp32 on CPU
+    quantized = config.method in ("qlora", "qdora")
+    mapped = 0.0
+    if quantized:
+        weights = dims["linear"] * NF4_BYTES + (dims["params"] - dims["linear"]) * 4
+        if not cuda:   # the checkpoint read while quantizing stays memory-mapped: file pages in RSS (reclaimable)
+            mapped = dims["params"] * dims["checkpoint_bytes"]
+    else:
+        weights = dims["params"] * act_bytes
+        if config.method == "pissa" and not cuda and not config.init_adapter:
+            # the residual weights (W - USV^T) are new memory; the original pages, read for the SVD, stay mapped
+            mapped = dims["linear"] * dims["checkpoint_bytes"]
+
     n_adapter = adapter_parameters(dims, config.lora.r, config.lora.target_modules)
+    n_magnitude = 0
     if config.method in ("dora", "qdora"):
-        n_adapter += dims["layers"] * 7 * dims["hidden"]     # magnitude vectors (approx.)
-    adapter = n_adapter * 4 * 2                  # fp32 weights + grads
-    optimizer = n_adapter * 4 * 2                # AdamW: two fp32 states
+        n_magnitude = dims["layers"] * sum(out for _, out in _adapted(dims, config.lora.target_modules).values())
+    adapter_bytes = 2 if quantized else 4
+    adapter = (n_adapter * adapter_bytes + n_magnitude * 4) * 2       # weights + gradients
+    optimizer = (n_adapter * adapter_bytes + n_magnitude * 4) * 2     # AdamW: two states of the parameter's dtype
+
     tokens = t.batch_size * t.max_length
-    per_layer = (2 if t.gradient_checkpointing else 34) * dims["hidden"] * compute_bytes / 2
-    activations = tokens * dims["layers"] * per_layer
-    if t.gradient_checkpointing:
-        activations += tokens * 34 * dims["hidden"] * compute_bytes / 2   # one layer recomputed
-    activations += tokens * dims["vocab"] * 4 * 2    # logits + their gradient in fp32
     notes = []
+    masked = config.stage == "sft" and _dense_packed_mask(t.batching, cuda, tokens)
+    per_layer = saved_per_token_layer(dims, config, cuda, masked)
+    if t.gradient_checkpointing:
+        activations = tokens * (dims["layers"] * dims["hidden"] * act_bytes + per_layer)
+    else:
+        activations = tokens * dims["layers"] * per_layer
+    if masked:
+        activations += tokens * tokens * 4 * dims["layers"]        # padding-free under sdpa: a float mask per layer
+        notes.append(f"padding-free attention masks: {tokens * tokens * 4 * dims['layers'] / GIB:.2f} GiB "
+                     "(training.batching: group_by_length needs none)")
+    activations += tokens * dims["hidden"] * 4                       # the LM head's input
+    tiles = LM_HEAD_TILES_GPU if cuda else LM_HEAD_TILES_CPU
+    activations += tiles * min(tokens, LM_HEAD_TOKENS) * min(dims["vocab"], LM_HEAD_VOCAB) * 4
+    overhead = GPU_OVERHEAD if cuda else CPU_OVERHEAD + mapped
+    if mapped:
+        notes.append(f"includes {mapped / GIB:.2f} GiB of the checkpoint that stays memory-mapped after "
+                     f"{'quantizing' if quantized else 'the PiSSA SVD'} (file cache the system can reclaim)")
     if config.stage in ("dpo", "kto"):
         activations *= 2
         notes.append("preference stages run chosen and rejected (or reference) passes: activations doubled")
     if config.method == "pissa":
         notes.append("PiSSA runs an SVD of each weight at start (brief extra memory)")
     return Estimate(weights=weights, adapter=adapter, optimizer=optimizer, activations=activations,
-                    overhead=OVERHEAD_BYTES, adapter_params=n_adapter, notes=notes)
+                    overhead=overhead, adapter_params=n_adapter + n_magnitude, notes=notes)
+
+
+def _dense_packed_mask(batching: str, cuda: bool, tokens: int) -> bool:
+    """Padding-free batches attend through a dense (tokens x tokens) mask unless FlashAttention-2 runs them."""
+    import importlib.util
+
+    from backend.config import resolve_batching
+    if resolve_batching(batching, cuda, tokens) != "padding_free":
+        return False
+    return not (cuda and importlib.util.find_spec("flash_attn") is not None)
 
 
 def devices() -> list[Device]:

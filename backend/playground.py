@@ -137,7 +137,7 @@ def _merged_model(source):
     dtype = adapters.compute_dtype()
     _, merge = adapters.load_merged(source, str(dtype).replace("torch.", ""), model_dtype=dtype)
     merged = merge().to(adapters.device())
-    return merged, "merged · adapter merged into a copy of the base (not exported yet)", []
+    return merged, "merged · in-memory copy (not exported yet)", []
 
 
 def _adapter_stamp(job_id: str | None):

@@ -26,7 +26,8 @@ SECTIONS = {
                  "training.grad_accum", "training.max_length", "training.eval_fraction", "training.seed",
                  "training.save_steps", "training.logging_steps", "training.eval_steps", "training.warmup_ratio",
                  "training.lr_scheduler", "training.weight_decay", "training.max_grad_norm",
-                 "training.gradient_checkpointing", "training.auto_batch_size", "training.precision"],
+                 "training.gradient_checkpointing", "training.auto_batch_size", "training.precision",
+                 "training.batching"],
     "Preference stages (DPO / ORPO / KTO)": ["alignment.beta", "alignment.loss_type", "alignment.desirable_weight",
                                              "alignment.undesirable_weight"],
     "Resources": ["resources.gpus"],
@@ -241,20 +242,40 @@ def train_command(data: dict, preset: str | None = DEFAULT_PRESET) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+BATCHING_WHAT = {
+    "pad": "each batch is padded to its longest row",
+    "group_by_length": "rows of similar length are batched together, so little padding is left",
+    "padding_free": "the batch's rows are laid end to end with no padding; position ids keep them apart",
+}
+
+
+def batching_line(config: JobConfig, cuda: bool) -> str:
+    """One line: what training.batching (auto resolved for this machine) will do."""
+    from backend.config import resolve_batching
+
+    if config.stage != "sft":
+        return "Batching: preference stages pad each batch to its longest row (training.batching applies to SFT)."
+    mode = resolve_batching(config.training.batching, cuda, config.training.batch_size * config.training.max_length)
+    chosen = f"auto = {mode}" if config.training.batching == "auto" else mode
+    where = "this machine's GPU" if cuda else "this machine's CPU"
+    return f"Batching: {chosen} on {where}: {BATCHING_WHAT[mode]}."
+
+
 def estimate_html(data: dict) -> str:
-    """The pre-flight memory estimate with a fits / tight / will-not-fit badge per device."""
+    """The pre-flight memory estimate with a fits / tight / will-not-fit badge per device, and the batching line."""
     from backend import models
     from backend import estimate as estimate_draft
 
     config = JobConfig.from_dict(data)
+    devices = estimate_draft.devices()
+    cuda = any(d.name.startswith("GPU") for d in devices)
+    batching = f"<div class='ls-batching'>{md_escape(batching_line(config, cuda))}</div>"
     info = next((m for m in models.list_models() if m.name == config.model), None)
     path = info.path if info else (config.model if Path(config.model).is_dir() else None)
     params = info.parameters if info else 0
     if info is None and path is None:
         return ("<div class='ls-estimate'>Memory estimate: unknown model size for "
-                f"<code>{md_escape(config.model)}</code> (import it first for an estimate).</div>")
-    devices = estimate_draft.devices()
-    cuda = any(d.name.startswith("GPU") for d in devices)
+                f"<code>{md_escape(config.model)}</code> (import it first for an estimate).</div>{batching}")
     est = estimate_draft.estimate(config, model_path=path, parameters=params, cuda=cuda)
     gib = lambda b: f"{b / 1024 ** 3:.2f} GiB"
     colours = {"fits": "#2e7d32", "tight": "#ef6c00", "will not fit": "#c62828"}
@@ -268,7 +289,8 @@ def estimate_html(data: dict) -> str:
     return (f"<div class='ls-estimate'><b>Memory estimate: {gib(est.total)}</b> per device "
             f"(weights {gib(est.weights)}, adapter + grads {gib(est.adapter)}, optimizer {gib(est.optimizer)}, "
             f"activations {gib(est.activations)}, overhead {gib(est.overhead)}; "
-            f"{format_parameters(est.adapter_params)} trainable parameters)<ul>{''.join(rows)}{notes}</ul></div>")
+            f"{format_parameters(est.adapter_params)} trainable parameters)<ul>{''.join(rows)}{notes}</ul></div>"
+            f"{batching}")
 
 
 def previews(data: dict, preset: str | None) -> tuple[str, str, str]:

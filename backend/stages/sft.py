@@ -15,7 +15,7 @@ from backend import models
 from backend.callbacks import (CheckpointMarkerCallback, HooksCallback, JobHooks, MetricsCallback,
                                NanGuardCallback, latest_complete_checkpoint, read_metrics)
 from backend.card import write_card
-from backend.config import JobConfig
+from backend.config import JobConfig, resolve_batching
 from backend.data.render import tokenize_conversation
 from backend.stages import common
 
@@ -54,11 +54,16 @@ def run(config: JobConfig, run_dir: Path, hooks: JobHooks | None = None, job_id:
     log.info("model %s (%s), method %s: %d trainable parameters, world size %s", model_info.name,
              model_info.architecture, config.method, trainable, os.environ.get("WORLD_SIZE", "1"))
 
-    # 3. Trainer.
+    # 3. Batching (training.batching; see bench/padding.py) and the trainer.
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     settings = config.training
+    batching = resolve_batching(settings.batching, not precision["use_cpu"], settings.batch_size * settings.max_length)
+    padding_free = batching == "padding_free"
+    if padding_free and not precision["use_cpu"]:
+        _use_flash_attention(model, precision)
+    log.info("batching: %s (training.batching=%s)", batching, settings.batching)
     args = SFTConfig(
         output_dir=str(run_dir / "checkpoints"),
         max_steps=settings.max_steps if settings.max_steps > 0 else -1,
@@ -81,10 +86,14 @@ def run(config: JobConfig, run_dir: Path, hooks: JobHooks | None = None, job_id:
         fp16=precision["fp16"],
         use_cpu=precision["use_cpu"],
         gradient_checkpointing=settings.gradient_checkpointing,
-        max_length=settings.max_length,
+        # rows are already cut to max_length; TRL refuses a max_length together with padding-free
+        max_length=None if padding_free else settings.max_length,
+        padding_free=padding_free,  # one row of all the examples, position ids restart at each
+        train_sampling_strategy="group_by_length" if batching == "group_by_length" else "random",
         report_to=[],
         save_total_limit=3,
-        include_num_input_tokens_seen="non_padding",
+        # padding-free batches hold no padding at all (and the pad token is often the real end-of-turn token)
+        include_num_input_tokens_seen="all" if padding_free else "non_padding",
         logging_nan_inf_filter=False,  # a NaN loss must reach the NaN guard, not be filtered out
         disable_tqdm=False,
     )
@@ -135,3 +144,15 @@ def run(config: JobConfig, run_dir: Path, hooks: JobHooks | None = None, job_id:
     write_card(run_dir / "card.md", job_id=job_id or run_dir.name, config=config, model_info=model_info,
                dataset=dataset, rows=rows, results=results)
     return results
+
+
+def _use_flash_attention(model, precision: dict) -> None:
+    """Padding-free on CUDA: FlashAttention-2's varlen kernels when flash-attn is installed and the compute dtype is
+    16-bit; otherwise (or if it refuses this model) sdpa stays, which keeps rows apart with a block-diagonal mask."""
+    import importlib.util
+    if importlib.util.find_spec("flash_attn") is None or not (precision["bf16"] or precision["fp16"]):
+        return
+    try:
+        model.base_model.model.set_attn_implementation("flash_attention_2")
+    except (ImportError, ValueError) as error:
+        log.warning("FlashAttention-2 not used (%s); padding-free batches run with sdpa", error)

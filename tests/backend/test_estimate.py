@@ -1,0 +1,54 @@
+"""The memory estimate: terms counted from the model's shape, and within 10% of the peaks measured on the bundled
+model on a 2-core CPU machine (bench/estimator.py; the table is in bench/RESULTS.md)."""
+import json
+
+import pytest
+
+from backend import estimate
+from backend.config import JobConfig
+
+SMOLLM2 = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+           "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152, "tie_word_embeddings": True, "dtype": "float32"}
+MIB = 2 ** 20
+
+
+@pytest.fixture
+def smollm2(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(SMOLLM2))
+    return str(tmp_path)
+
+
+def config(method="lora", length=256, batch=2, **training):
+    return JobConfig.from_dict({"method": method, "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
+                                "training": {"max_length": length, "batch_size": batch, **training}})
+
+
+def test_weights_follow_the_method_and_the_device(smollm2):
+    lora, qlora = (estimate.estimate(config(m), model_path=smollm2) for m in ("lora", "qlora"))
+    assert lora.weights / MIB == pytest.approx(513, rel=0.01)            # 134.5M parameters in fp32 on CPU
+    assert qlora.weights / MIB == pytest.approx(165, rel=0.03)           # NF4 linear layers + fp32 embeddings
+    assert qlora.overhead / MIB == pytest.approx(513, rel=0.01)          # the fp32 checkpoint stays mapped on CPU
+    gpu = estimate.estimate(config("lora"), model_path=smollm2, cuda=True)
+    assert gpu.weights == lora.weights / 2 and gpu.overhead == estimate.GPU_OVERHEAD   # bf16
+    assert estimate.estimate(config("lora", precision="fp32"), model_path=smollm2, cuda=True).weights == lora.weights
+
+
+def test_adapter_counts_lora_dora_and_qlora_dtypes(smollm2):
+    lora, dora, qlora = (estimate.estimate(config(m), model_path=smollm2) for m in ("lora", "dora", "qlora"))
+    assert lora.adapter_params == 30 * 16 * (576 * 9 + 192 * 2 + 1536 * 3)    # r x (in + out) of the 7 modules
+    assert dora.adapter_params - lora.adapter_params == 30 * (576 * 3 + 192 * 2 + 1536 * 2)   # magnitudes
+    assert qlora.adapter + qlora.optimizer == (lora.adapter + lora.optimizer) / 2              # bf16 adapter
+
+
+def test_activations_grow_with_tokens_dora_and_shrink_with_checkpointing(smollm2):
+    short, long = (estimate.estimate(config(length=n, batching="pad"), model_path=smollm2) for n in (256, 1024))
+    assert 3.5 < long.activations / short.activations < 4.5
+    dora = estimate.estimate(config("dora", batching="pad"), model_path=smollm2)
+    assert dora.activations > 1.3 * short.activations
+    checkpointed = estimate.estimate(config(batching="pad", gradient_checkpointing=True), model_path=smollm2)
+    assert checkpointed.activations < 0.6 * short.activations      # the LM head's tiles remain
+
+
+def test_without_a_config_the_parameter_count_still_gives_an_estimate():
+    est = estimate.estimate(config(), parameters=7_000_000_000)
+    assert 25 * 1024 ** 3 < est.weights < 28 * 1024 ** 3 and est.total > est.weights
