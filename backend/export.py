@@ -237,15 +237,15 @@ def resolve_dtype(source, dtype: str) -> str:
 
 
 def _write_merged(source, dtype: str, staging: Path, prompts, progress) -> MergeCheck:
-    check = _merge_to_folder(source, dtype, staging, prompts, progress)
-    tokenizer = adapters.load_tokenizer(source)
+    check, tokenizer = _merge_to_folder(source, dtype, staging, prompts, progress)
     (staging / "Modelfile").write_text(modelfile_text(tokenizer, "FROM ."), encoding="utf-8")
     _write_card(source, staging, "merged", dtype, check)
     return check
 
 
-def _merge_to_folder(source, dtype: str, folder: Path, prompts, progress, span: float = 0.7) -> MergeCheck:
-    """Load, verify, merge and save_pretrained into `folder`; progress runs from 0 to `span`."""
+def _merge_to_folder(source, dtype: str, folder: Path, prompts, progress, span: float = 0.7):
+    """Load, verify, merge and save_pretrained into `folder`; progress runs from 0 to `span`.
+    Returns (MergeCheck, the tokenizer saved there)."""
     progress(0.02 * span, "loading the base model in full precision" + (" (de-quantising the 4-bit base)"
                                                                          if source.four_bit else ""))
     model, merge = adapters.load_merged(source, dtype)
@@ -265,7 +265,7 @@ def _merge_to_folder(source, dtype: str, folder: Path, prompts, progress, span: 
     merged.save_pretrained(folder, safe_serialization=True, max_shard_size=SHARD_SIZE)
     tokenizer.save_pretrained(folder)
     del model, merged
-    return check
+    return check, tokenizer
 
 
 def _write_gguf(source, qtype: str, staging: Path, prompts, progress) -> tuple[MergeCheck, dict]:
@@ -276,7 +276,7 @@ def _write_gguf(source, qtype: str, staging: Path, prompts, progress) -> tuple[M
     merged_dir = staging.with_name(staging.name + ".merged")
     shutil.rmtree(merged_dir, ignore_errors=True)
     try:
-        check = _merge_to_folder(source, "float32", merged_dir, prompts, progress, span=0.35)
+        check, tokenizer = _merge_to_folder(source, "float32", merged_dir, prompts, progress, span=0.35)
         staging.mkdir(parents=True)
         gguf_path = staging / f"{source.job_id}-{qtype}.gguf"
         gguf_export.write_gguf(merged_dir, gguf_path, qtype,
@@ -286,7 +286,6 @@ def _write_gguf(source, qtype: str, staging: Path, prompts, progress) -> tuple[M
         if not verification["ok"]:
             raise ExportError(f"GGUF {qtype} export failed verification: {verification['reason']}; nothing is "
                               "offered for download")
-        tokenizer = adapters.load_tokenizer(source)
     finally:
         shutil.rmtree(merged_dir, ignore_errors=True)
     (staging / "Modelfile").write_text(modelfile_text(tokenizer, f"FROM ./{gguf_path.name}"), encoding="utf-8")
