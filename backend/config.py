@@ -1,8 +1,9 @@
 """One typed job config: form -> YAML -> queue (by job id) -> worker.
 
 Every field has a default and a one-line help text (metadata["help"]) that the UI shows as its info.
-`validate()` returns every problem at once as "field: message" strings; loading never raises on bad values,
-it records them so the user sees all of them together.
+`JobConfig.parse(data)` returns (config, problems): every problem at once as "field: message" strings; loading
+never raises on bad values, it records them so the user sees all of them together. A config is frozen: parsed once,
+passed as is, changed only through dataclasses.replace (e.g. the out-of-memory batch halving).
 """
 from __future__ import annotations
 
@@ -13,11 +14,9 @@ from pathlib import Path
 
 import yaml
 
-STAGES = ("sft", "dpo", "orpo", "kto")
-METHODS = ("lora", "qlora", "dora", "qdora", "pissa")
+from backend.vocab import Batching, Method, Precision, Stage, StrEnum
+
 TARGET_PRESETS = ("all-linear", "attention")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-BATCHINGS = ("auto", "pad", "group_by_length", "padding_free")
 
 
 def _f(default, help: str, **limits):
@@ -27,7 +26,7 @@ def _f(default, help: str, **limits):
     return field(default=default, metadata={"help": help, **limits})
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoraSettings:
     r: int = _f(16, "LoRA rank: size of the low-rank update; 8-64 is typical, higher learns more and costs more.",
                 min=1, max=1024)
@@ -40,7 +39,7 @@ class LoraSettings:
                                                 min=1.0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainingSettings:
     max_steps: int = _f(40, "Optimizer steps to run; 0 or less = train for `epochs` instead.", max=1_000_000)
     epochs: float = _f(1, "Passes over the data when max_steps is not set.", min=0.0)
@@ -64,17 +63,17 @@ class TrainingSettings:
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less memory, ~30% slower.")
     auto_batch_size: bool = _f(False, "On out-of-memory, retry the job with half the batch size (and twice the "
                                "gradient accumulation, so the effective batch stays the same).")
-    precision: str = _f("auto", "auto = bf16 on GPUs that support it, fp32 on CPU; fp16 needs a CUDA GPU.",
-                        choices=PRECISIONS)
-    batching: str = _f("auto", "How SFT rows become batches: pad = each batch padded to its longest row; "
+    precision: Precision = _f(Precision.AUTO, "auto = bf16 on GPUs that support it, fp32 on CPU; fp16 needs a CUDA GPU.",
+                        choices=Precision.values())
+    batching: Batching = _f(Batching.AUTO, "How SFT rows become batches: pad = each batch padded to its longest row; "
                        "group_by_length = rows of similar length batched together (less padding); padding_free = "
                        "rows laid end to end without padding, kept apart by their position ids; auto = the fastest "
                        "correct choice measured for this device and batch (the Train tab shows which). Preference "
                        "stages always pad.",
-                       choices=BATCHINGS)
+                       choices=Batching.values())
 
 
-@dataclass
+@dataclass(frozen=True)
 class AlignmentSettings:
     beta: float = _f(0.1, "Preference strength: DPO/KTO beta (higher = stay closer to the starting model; 0.1 to 0.5), "
                      "ORPO's odds-ratio weight (0.1 to 0.5), SimPO's reward scale (about 2). Preference stages want "
@@ -89,19 +88,19 @@ class AlignmentSettings:
                                    "thumbs-up rows by far.", min=0.0, max=10.0)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ResourceSettings:
     gpus: int = _f(1, "GPUs for this job; more than 1 trains data-parallel (DDP) with one process per GPU "
                    "(on a CPU-only machine: that many CPU processes).", min=1, max=64)
 
 
-@dataclass
+@dataclass(frozen=True)
 class JobConfig:
     model: str = _f("smollm2-135m-instruct", "Base model: a registry name, a local folder, a .gguf file or a hub id.")
     dataset: str = _f("identity-demo", "Dataset: a demo name, an uploaded dataset id or a file path.")
-    stage: str = _f("sft", "Training stage: sft, dpo, orpo or kto.", choices=STAGES)
-    method: str = _f("lora", "Fine-tuning method: lora, qlora (4-bit base), dora, qdora (DoRA on a 4-bit base) "
-                     "or pissa.", choices=METHODS)
+    stage: Stage = _f(Stage.SFT, "Training stage: sft, dpo, orpo or kto.", choices=Stage.values())
+    method: Method = _f(Method.LORA, "Fine-tuning method: lora, qlora (4-bit base), dora, qdora (DoRA on a 4-bit base) "
+                     "or pissa.", choices=Method.values())
     chat_template: typing.Optional[str] = _f(None, "Chat template for a base model without one: chatml, llama3, "
                                               "alpaca or vicuna (empty = the model's own).",
                                               choices=(None, "chatml", "llama3", "alpaca", "vicuna"))
@@ -113,16 +112,22 @@ class JobConfig:
     init_adapter: typing.Optional[str] = _f(None, "A finished job id: start this stage from that job's adapter.")
 
     # problems found while loading (unknown keys, wrong types); reported by validate()
-    load_errors: list = field(default_factory=list, repr=False, compare=False, metadata={"internal": True})
+    load_errors: tuple = field(default=(), repr=False, compare=False, metadata={"internal": True})
 
     # ------------------------------------------------------------ load / save
 
     @classmethod
+    def parse(cls, data: dict | None, cuda_available: bool | None = None) -> tuple["JobConfig", list[str]]:
+        """The config and every problem with it (load errors and validation), in one pass."""
+        config = cls.from_dict(data)
+        return config, config.validate(cuda_available)
+
+    @classmethod
     def from_dict(cls, data: dict | None) -> "JobConfig":
+        """The config as loaded; values that do not fit are recorded in load_errors, never raised."""
         errors: list[str] = []
         config = _build(cls, data or {}, "", errors)
-        config.load_errors = errors
-        return config
+        return dataclasses.replace(config, load_errors=tuple(errors))
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | tuple = ()) -> "JobConfig":
@@ -138,7 +143,12 @@ class JobConfig:
         return cls.from_dict(apply_overrides(data, overrides))
 
     def to_dict(self) -> dict:
+        """Plain Python values (enum members as their strings), ready for YAML and JSON."""
         return _to_dict(self)
+
+    def replace_training(self, **changes) -> "JobConfig":
+        """A copy with some training settings changed, e.g. replace_training(batch_size=2)."""
+        return dataclasses.replace(self, training=dataclasses.replace(self.training, **changes))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -172,13 +182,9 @@ class JobConfig:
             errors.append("training: set max_steps or epochs above 0")
         if cuda_available is None:
             cuda_available = _cuda_available()
-        if self.training.precision == "fp16" and not cuda_available:
+        if self.training.precision == Precision.FP16 and not cuda_available:
             errors.append("training.precision: fp16 needs a CUDA GPU; use auto or fp32 on this machine")
-        from backend.stages import AVAILABLE_STAGES
-        if self.stage in STAGES and self.stage not in AVAILABLE_STAGES:
-            errors.append(f"stage: '{self.stage}' is not available in this version yet; use "
-                          f"{' or '.join(AVAILABLE_STAGES)}")
-        if self.stage != "sft" and self.alignment.beta <= 0:
+        if self.stage != Stage.SFT and self.alignment.beta <= 0:
             errors.append("alignment.beta: must be above 0 for preference stages (0.1 to 0.5 is typical)")
         return errors
 
@@ -280,6 +286,10 @@ def _convert(value, hint):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
     if hint is typing.Any:
         return value, None
+    if isinstance(hint, type) and issubclass(hint, StrEnum):
+        # a name outside the vocabulary stays as typed, so validate() reports it with the choices
+        text = "" if value is None else str(value)
+        return (hint(text) if text in hint.values() else text), None
     if hint is bool:
         if isinstance(value, bool):
             return value, None
@@ -337,7 +347,13 @@ def _to_dict(obj) -> dict:
         if spec.metadata.get("internal"):
             continue
         value = getattr(obj, spec.name)
-        out[spec.name] = _to_dict(value) if dataclasses.is_dataclass(value) else value
+        if dataclasses.is_dataclass(value):
+            value = _to_dict(value)
+        elif isinstance(value, StrEnum):
+            value = value.value
+        elif isinstance(value, list):
+            value = list(value)
+        out[spec.name] = value
     return out
 
 

@@ -53,20 +53,20 @@ def sft_rows_file(folder: Path) -> str:
 
 def step_times(run_dir: Path) -> list[float]:
     """Seconds per optimizer step from the elapsed times in metrics.jsonl (the first, warm-up step dropped)."""
-    from backend.callbacks import read_metrics
+    from backend.metrics import read_records
 
-    elapsed = [r["elapsed_s"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+    elapsed = [r["elapsed_s"] for r in read_records(run_dir / "metrics.jsonl") if "loss" in r]
     return [b - a for a, b in zip(elapsed, elapsed[1:])]
 
 
 def timed_arm(stage: str, model: str, dataset: str, steps: int, batch: int) -> float:
     from backend import workspace
-    from backend.stages import get_runner
+    from backend import stages
 
     run_dir = workspace.runs_dir() / f"bench-{stage}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    get_runner(stage)(job_config(model, stage, dataset, steps, batch), run_dir, job_id=run_dir.name)
+    stages.train(job_config(model, stage, dataset, steps, batch), run_dir, job_id=run_dir.name)
     return median(step_times(run_dir))
 
 
@@ -90,7 +90,8 @@ def memory_arm(model: str, steps: int, batch: int, second_copy: bool) -> dict:
     precision = common.precision_flags(config)
     model_obj, _, _ = common.load_peft_model(config, run_dir, precision["dtype"])
     reference = models.load_model(model, dtype=torch.float32) if second_copy else None
-    args = DPOConfig(**common.preference_args(config, run_dir, precision, False), save_strategy="no")
+    args = DPOConfig(**common.training_args(config, run_dir, precision, False), beta=config.alignment.beta,
+                     save_strategy="no")
     trainer = DPOTrainer(model=model_obj, ref_model=reference, args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=tokenizer)
     if reference is None:

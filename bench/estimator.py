@@ -1,4 +1,4 @@
-"""Is the memory estimate right? backend/estimate.py against the measured peak, per method and sequence length.
+"""Is the memory estimate right? backend/models/estimate.py against the measured peak, per method and sequence length.
 
     python -m bench.estimator [--lengths 256 1024] [--batch 2] [--steps 3] [--methods lora qlora dora pissa]
                               [--measurements FILE.jsonl]   # compare saved arm results instead of measuring
@@ -8,7 +8,7 @@ few steps in a FRESH subprocess, on synthetic rows whose answers are long enough
 max_length (batch x max_length real tokens every step). Measured peak (CPU) = VmHWM at the end of training minus
 VmRSS just after the imports (torch, transformers, peft, trl, datasets, bitsandbytes and the studio's backend), i.e.
 before the tokenizer, the rows and the model load; on CUDA it would be torch.cuda.max_memory_allocated.
-The estimate is `backend.estimate.estimate(config, model_path, parameters)` for this device, total bytes.
+The estimate is `backend.models.estimate.estimate(config, model_path, parameters)` for this device, total bytes.
 Target: |estimate - measured| / measured within 10% for every row. The same subprocesses give the step time
 that bench/methods.py turns into tokens/s ratios. bench/estimator-measurements.jsonl keeps the runs behind the
 published table (`--measurements` compares them with the current estimate without measuring again).
@@ -57,27 +57,27 @@ def arm(model: str, data: str, method: str, max_length: int, batch: int, steps: 
     import peft  # noqa: F401
     import torch  # noqa: F401
     import transformers  # noqa: F401
+    from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer  # noqa: F401
 
-    from backend import workspace
-    from backend.callbacks import JobHooks, read_metrics
-    from backend.stages import sft
+    from backend import stages, workspace
+    from backend.metrics import read_records
 
     config = job_config(model, data, method, max_length, batch, steps, batching)
     baseline = _status_kib("VmRSS")
     held = {}
 
-    def weights(model_obj, moment):  # exact bytes the model holds, and the RSS once it is built
-        if moment == "before_train":
-            held["base"] = _storage_mib(t for n, t in _tensors(model_obj) if not t.requires_grad)
-            held["adapter"] = _storage_mib(t for n, t in _tensors(model_obj) if t.requires_grad)
+    class Weights(TrainerCallback):  # exact bytes the model holds, and the RSS once it is built
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            held["base"] = _storage_mib(t for n, t in _tensors(model) if not t.requires_grad)
+            held["adapter"] = _storage_mib(t for n, t in _tensors(model) if t.requires_grad)
             held["loaded_mib"] = (_status_kib("VmRSS") - baseline) / 1024
 
     run_dir = workspace.runs_dir() / f"memory-{method}-{max_length}"
     run_dir.mkdir(parents=True, exist_ok=True)
-    sft.run(config, run_dir, hooks=JobHooks(on_model=weights), job_id=run_dir.name)
+    stages.train(config, run_dir, job_id=run_dir.name, callbacks=[Weights()])
     peak = _status_kib("VmHWM")
-    elapsed = [r["elapsed_s"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+    elapsed = [r["elapsed_s"] for r in read_records(run_dir / "metrics.jsonl") if "loss" in r]
     steps_s = [b - a for a, b in zip(elapsed, elapsed[1:])]  # the first (warm-up) step left out
     return {"baseline_mib": baseline / 1024, "peak_mib": peak / 1024, "measured_mib": (peak - baseline) / 1024,
             "step_s": median(steps_s), "tokens_per_step": batch * max_length, "base_weights_mib": held["base"],
@@ -113,7 +113,8 @@ def measure(model: str, data: str, method: str, max_length: int, batch: int, ste
 
 def estimated_mib(model: str, method: str, max_length: int, batch: int, steps: int,
                   batching: str = "auto") -> tuple[float, object]:
-    from backend import estimate, models
+    from backend import models
+    from backend.models import estimate
     info = models.resolve(model)
     est = estimate.estimate(job_config(model, "x", method, max_length, batch, steps, batching), model_path=info.path,
                             parameters=info.parameters)

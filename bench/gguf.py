@@ -32,7 +32,7 @@ def child(model_dir: str, out_path: str, qtype: str) -> None:
     import torch  # noqa: F401
     from transformers import AutoConfig
 
-    from backend.gguf_export import write_gguf
+    from backend.export.gguf import write_gguf
 
     AutoConfig.from_pretrained(model_dir)   # imports ~900 transformers modules (~85 MB), once per process
     baseline = _status_kb("VmRSS")
@@ -64,7 +64,7 @@ def main(argv=None) -> str:
             row = [qtype.upper(), median([r["seconds"] for r in runs]), runs[0]["bytes"] / MB, weights / MB,
                    increase, increase * MB / weights]
             if args.verify:
-                from backend.gguf_export import verify_gguf
+                from backend.export.gguf import verify_gguf
                 check = verify_gguf(out, model_dir, PROMPTS)
                 row += [f"{sum(check['answers_match'])}/{len(PROMPTS)}", check["max_logit_diff"],
                         "ok" if check["ok"] else f"failed: {check['reason']}"]

@@ -19,7 +19,7 @@ LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
 def studio_arm(model: str, steps: int, batch: int) -> float:
     from backend import workspace
     from backend.config import JobConfig
-    from backend.stages import sft
+    from backend import stages
 
     config = JobConfig.from_dict({
         "model": model, "dataset": "identity-demo", "method": "lora", "lora": LORA,
@@ -29,7 +29,7 @@ def studio_arm(model: str, steps: int, batch: int) -> float:
     import shutil
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    sft.run(config, run_dir, job_id=run_dir.name)
+    stages.train(config, run_dir, job_id=run_dir.name)
     last = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
     return last["num_input_tokens_seen"] / last["train_runtime"]
 

@@ -109,7 +109,7 @@ def timed_arm(mode: str, model: str, data: Path, batch: int, max_length: int) ->
     """(effective tokens/s, real tokens) of one epoch through sft.run with training.batching = mode."""
     from backend import workspace
     from backend.config import JobConfig
-    from backend.stages import sft
+    from backend import stages
 
     config = JobConfig.from_dict({
         "model": model, "dataset": str(data), "method": "lora", "lora": LORA,
@@ -119,7 +119,7 @@ def timed_arm(mode: str, model: str, data: Path, batch: int, max_length: int) ->
     run_dir = workspace.runs_dir() / f"padding-{mode}"
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
-    sft.run(config, run_dir, job_id=run_dir.name)
+    stages.train(config, run_dir, job_id=run_dir.name)
     last = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
     return last["num_input_tokens_seen"] / last["train_runtime"], int(last["num_input_tokens_seen"])
 

@@ -25,7 +25,8 @@ PROMPT = [{"role": "user", "content": "Tell me a long story about a lighthouse k
 
 
 def train_job(model: str, steps: int) -> str:
-    from backend import jobs, runner
+    from backend import jobs
+    from backend.jobs import runner
     from backend.config import JobConfig
 
     config = JobConfig.from_dict({
@@ -43,7 +44,7 @@ def train_job(model: str, steps: int) -> str:
 def generation_speeds(job_id: str, new_tokens: int, rounds: int) -> dict[str, list[float]]:
     import torch
 
-    from backend import playground
+    from backend.serve import playground
 
     session = playground.open_session(job_id, verify=False)
     ids = session.tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, return_tensors="pt",
@@ -74,7 +75,8 @@ def export_arm(arm: str, job_id: str) -> dict:
     import peft  # noqa: F401
     import transformers  # noqa: F401
 
-    from backend import adapters, export, models, workspace
+    from backend import export, models, workspace
+    from backend.models import adapters
 
     baseline = _vm_kib("VmRSS")
     started = time.perf_counter()

@@ -49,7 +49,7 @@ def callback_cost_per_step(home: Path, model: str, calls: int = 200) -> float:
     from types import SimpleNamespace
 
     from backend import jobs
-    from backend.callbacks import HooksCallback, JobHooks, MetricsCallback
+    from backend.jobs.callbacks import HooksCallback, JobHooks, MetricsCallback
     from backend.config import JobConfig
 
     job = jobs.create(JobConfig.from_dict({"model": model}))
@@ -100,7 +100,7 @@ def main(rounds: int = 3, model: str = "smollm2-135m-instruct", steps: int = 3) 
             worker.wait(timeout=120)
         step_times = []
         from backend import jobs
-        from backend.callbacks import read_metrics
+        from backend.metrics import read_records as read_metrics
         for job in jobs.list_jobs():
             records = [r for r in read_metrics(job.run_dir / "metrics.jsonl") if "loss" in r]
             step_times += [b["elapsed_s"] - a["elapsed_s"] for a, b in zip(records, records[1:])]

@@ -9,18 +9,14 @@ import argparse
 import sys
 
 from cli import chat as chat_cmd
+from cli import data as data_cmd
 from cli import export as export_cmd
 from cli import jobs as jobs_cmd
 from cli import models as models_cmd
 from cli import train as train_cmd
 from cli import worker as worker_cmd
 
-GROUPS = [train_cmd, jobs_cmd, chat_cmd, export_cmd, models_cmd, worker_cmd]
-try:  # the datasets command group (issue 3)
-    from cli import data as data_cmd
-    GROUPS.append(data_cmd)
-except ImportError:  # pragma: no cover - only while that module is absent
-    pass
+GROUPS = [train_cmd, jobs_cmd, chat_cmd, export_cmd, models_cmd, worker_cmd, data_cmd]
 
 COMMANDS = ("train", "models", "data", "jobs", "chat", "export", "worker", "ui")
 

@@ -10,7 +10,7 @@ import sys
 
 
 def add_parser(subparsers) -> None:
-    from backend.chat import GenerationSettings
+    from backend.serve.chat import GenerationSettings
 
     parser = subparsers.add_parser("chat", help="answer a prompt with base / adapter / merged side by side")
     parser.add_argument("job_id")
@@ -29,8 +29,8 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     import logging
 
-    from backend import playground
-    from backend.chat import GenerationSettings
+    from backend.serve import playground
+    from backend.serve.chat import GenerationSettings
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
     settings = GenerationSettings(system_prompt=args.system_prompt, max_new_tokens=args.max_new_tokens,

@@ -9,7 +9,9 @@ import contextlib
 import json
 import sys
 
-STAGE_CHOICES = ("sft", "dpo", "orpo", "kto")
+from backend.vocab import Stage
+
+STAGE_CHOICES = Stage.values()
 DEFAULT_MAX_LENGTH = 512
 DEFAULT_EVAL_FRACTION = 0.1
 SHOWN_PROBLEMS = 20            # text output lists this many error / warning groups
@@ -75,10 +77,10 @@ def run(args) -> int:
 
 def format_report(report) -> str:
     """The report as a few readable lines."""
-    from backend.data.formats import FORMATS
+    from backend.data.formats import format_label
 
     name = report.path
-    lines = [f"{name}: {FORMATS.get(report.format, 'unknown format')}, {report.rows} rows read, "
+    lines = [f"{name}: {format_label(report.format, 'unknown format')}, {report.rows} rows read, "
              f"{report.usable_rows} usable"]
     for stage, compat in report.stages.items():
         mark = "ok " if compat.usable else "no "

@@ -20,69 +20,26 @@ def add_parser(subparsers) -> None:
         action.set_defaults(handler=handler)
 
 
-def summary(job) -> dict:
-    """The facts a user asks about a job (also the --json shape)."""
-    from backend.callbacks import read_metrics
-
-    metrics = read_metrics(job.run_dir / "metrics.jsonl")
-    losses = [m["loss"] for m in metrics if isinstance(m.get("loss"), (int, float))]
-    eval_losses = [m["eval_loss"] for m in metrics if isinstance(m.get("eval_loss"), (int, float))]
-    return {
-        "id": job.id, "name": job.name, "status": job.status, "stage": job.stage, "method": job.method,
-        "model": job.model, "dataset": job.dataset, "step": job.step, "total_steps": job.total_steps,
-        "eta_s": eta_seconds(job, metrics), "attempts": job.attempts, "owner": job.owner,
-        "last_losses": losses[-5:], "eval_loss": eval_losses[-1] if eval_losses else None,
-        "checkpoint": job.last_checkpoint or _newest_checkpoint(job), "reason": job.reason,
-        "created": job.created, "started": job.started, "finished": job.finished, "results": job.results,
-        "run_dir": str(job.run_dir),
-    }
-
-
-def eta_seconds(job, metrics) -> float | None:
-    """Remaining steps x the recent seconds per step (None until two steps were logged)."""
-    if job.status != "running" or not job.total_steps:
-        return None
-    timed = [(m["step"], m["elapsed_s"]) for m in metrics if "loss" in m and "elapsed_s" in m]
-    if len(timed) < 2:
-        return None
-    (first_step, first_t), (last_step, last_t) = timed[max(0, len(timed) - 10)], timed[-1]
-    if last_step <= first_step:
-        return None
-    return round((job.total_steps - job.step) * (last_t - first_t) / (last_step - first_step), 1)
-
-
-def progress_line(job) -> str:
-    info = summary(job)
-    parts = [f"{job.id} {job.status}"]
-    if job.total_steps:
-        parts.append(f"step {job.step}/{job.total_steps}")
-    if info["last_losses"]:
-        parts.append(f"loss {info['last_losses'][-1]:.4f}")
-    if info["eta_s"] is not None:
-        parts.append(f"ETA {int(info['eta_s'])} s")
-    if job.reason and job.status != "running":
-        parts.append(f"({job.reason})")
-    return "  ".join(parts)
-
-
 def run_list(args) -> int:
     from backend import jobs
+    from backend.jobs.summary import summarize
 
-    all_jobs = jobs.list_jobs()
+    summaries = [summarize(job) for job in jobs.list_jobs()]
     if args.json:
-        print(json.dumps({"jobs": [summary(job) for job in all_jobs]}))
+        print(json.dumps({"jobs": [summary.to_dict() for summary in summaries]}))
         return 0
-    if not all_jobs:
+    if not summaries:
         print("no jobs yet; start one with: lorastudio train quickstart")
         return 0
-    for job in all_jobs:
-        print(progress_line(job))
+    for summary in summaries:
+        print(summary.progress_line())
     return 0
 
 
 def run_show(args) -> int:
-    job = _get(args.job_id)
-    info = summary(job)
+    from backend.jobs.summary import summarize
+
+    info = summarize(_get(args.job_id)).to_dict()
     if args.json:
         print(json.dumps(info))
         return 0
@@ -123,8 +80,3 @@ def _get(job_id: str):
     if job is None:
         raise ValueError(f"no job '{job_id}'; see `lorastudio jobs list`")
     return job
-
-
-def _newest_checkpoint(job) -> str | None:
-    from backend.runner import latest_checkpoint_name
-    return latest_checkpoint_name(job.run_dir)

@@ -6,9 +6,6 @@ import os
 import socket
 import sys
 import time
-from pathlib import Path
-
-from backend.workspace import PRESETS_DIR
 
 
 def add_parser(subparsers) -> None:
@@ -22,25 +19,13 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
-def resolve_config_path(spec: str) -> Path:
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return path
-    from backend.workspace import user_presets_dir
-
-    for folder in (PRESETS_DIR, user_presets_dir()):  # bundled presets, then the ones saved from the UI
-        preset = folder / f"{spec.removesuffix('.yaml')}.yaml"
-        if preset.is_file():
-            return preset
-    names = ", ".join(sorted({p.stem for folder in (PRESETS_DIR, user_presets_dir()) for p in folder.glob("*.yaml")}))
-    raise FileNotFoundError(f"config '{spec}' is neither a file nor a preset; presets: {names}")
-
-
 def run(args) -> int:
     from backend import jobs
     from backend.config import JobConfig
+    from backend.jobs import presets
+    from backend.vocab import JobStatus
 
-    config = JobConfig.from_yaml(resolve_config_path(args.config), args.overrides)
+    config = JobConfig.from_yaml(presets.resolve(args.config), args.overrides)
     errors = config.validate()
     if errors:
         print(f"error: the job config has {len(errors)} problem(s):", file=sys.stderr)
@@ -49,7 +34,7 @@ def run(args) -> int:
         return 1
     job = jobs.create(config)
     if args.inline:
-        from backend.runner import run_job
+        from backend.jobs.runner import run_job
 
         jobs.claim(job.id, owner=f"inline:{socket.gethostname()}:{os.getpid()}")
         print(f"job {job.id}: training {config.stage}/{config.method} on {config.model} with {config.dataset}",
@@ -65,18 +50,19 @@ def run(args) -> int:
             print(job.id)
             return 0
         finished = wait_for(job.id)
-    if finished.status == "completed":
+    if finished.status == JobStatus.COMPLETED:
         print(f"completed: adapter in {finished.run_dir / 'adapter'}", file=sys.stderr)
     else:
         print(f"error: job {job.id} {finished.status}: {finished.reason}", file=sys.stderr)
     print(job.id)
-    return 0 if finished.status == "completed" else 1
+    return 0 if finished.status == JobStatus.COMPLETED else 1
 
 
 def wait_for(job_id: str, poll_s: float = 1.0):
     """Block until the job ends, printing step x/y and the ETA to stderr."""
     from backend import jobs
-    from cli.jobs import progress_line
+    from backend.jobs.summary import progress_line
+    from backend.vocab import FINAL_STATUSES
 
     shown = None
     while True:
@@ -85,6 +71,6 @@ def wait_for(job_id: str, poll_s: float = 1.0):
         if line != shown:
             print(line, file=sys.stderr, flush=True)
             shown = line
-        if job.status in jobs.FINAL_STATUSES:
+        if job.status in FINAL_STATUSES:
             return job
         time.sleep(poll_s)

@@ -74,13 +74,15 @@ def build_app() -> "gr.Blocks":  # noqa: F821
 
 def _wire_across_tabs(gr, s: Studio) -> None:
     from ui import data_tab, jobs_tab, train_tab
+    from ui.common import dataset_choices
 
     # Train -> Start -> Jobs tab with the new job selected
     def on_started(job_id):
         rows = jobs_tab.job_rows()
-        return [gr.Tabs(selected=TAB_JOBS), gr.update(choices=jobs_tab.job_choices(rows), value=job_id),
-                jobs_tab.jobs_table_html(rows), jobs_tab.job_detail_markdown(job_id),
-                jobs_tab.metrics_figure(job_id), jobs_tab.metrics_signature(job_id)]
+        return {s.tabs: gr.Tabs(selected=TAB_JOBS),
+                s.jobs.selector: gr.update(choices=jobs_tab.job_choices(rows), value=job_id),
+                s.jobs.table: jobs_tab.jobs_table_html(rows), s.jobs.detail: jobs_tab.job_detail_markdown(job_id),
+                s.jobs.chart: jobs_tab.metrics_figure(job_id), s.jobs.signature: jobs_tab.metrics_signature(job_id)}
 
     train_tab.wire_start(gr, s.train, [s.tabs, s.jobs.selector, s.jobs.table, s.jobs.detail, s.jobs.chart,
                                        s.jobs.signature], on_started)
@@ -89,7 +91,7 @@ def _wire_across_tabs(gr, s: Studio) -> None:
     train_inputs = s.train.inputs()
     tick, tick_inputs, tick_outputs = jobs_tab.wire(
         gr, s.jobs, s.timer, [s.tabs, *train_inputs],
-        lambda data: [gr.Tabs(selected=TAB_TRAIN), *train_tab.config_dict_to_form(data)])
+        lambda data: {s.tabs: gr.Tabs(selected=TAB_TRAIN), **s.train.form_values(data)})
 
     # Data -> Use in Train form
     data_tab.wire_use(gr, s.data, s.train.fields["dataset"], s.train.fields["stage"], [s.tabs],
@@ -99,7 +101,7 @@ def _wire_across_tabs(gr, s: Studio) -> None:
     def on_load(preset, *values):
         yaml_text, command, estimate = train_tab.previews(train_tab.form_to_config_dict(list(values)), preset)
         return (yaml_text, command, estimate, gr.update(choices=train_tab.model_choices()),
-                gr.update(choices=train_tab.dataset_choices()), gr.update(choices=data_tab.source_choices()))
+                gr.update(choices=dataset_choices()), gr.update(choices=data_tab.source_choices()))
 
     blocks = gr.context.Context.root_block   # the gr.Blocks being built (this runs inside its `with`)
     blocks.load(on_load, [s.train.preset, *train_inputs],

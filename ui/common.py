@@ -1,4 +1,5 @@
-"""Shared UI helpers: one-sentence errors (never a stack in the page), small formatting helpers.
+"""Shared UI helpers: one-sentence errors (never a stack in the page), small formatting helpers, and the
+choice lists several tabs offer (datasets, jobs with an adapter), so that tabs never import each other.
 
 No gradio import here: these are used by handlers that tests call without a browser.
 """
@@ -59,3 +60,45 @@ def fmt_time(ts: float | None) -> str:
 
 def md_escape(text: str) -> str:
     return str(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# ---------------------------------------------------------------- choice lists shared by several tabs
+
+
+def pick(choices: list[tuple[str, str]], current: str | None, default_index: int = 0) -> str | None:
+    """`current` when it is still among the (label, value) choices, else the one at default_index (or the first)."""
+    ids = [c[1] for c in choices]
+    if current in ids:
+        return current
+    return ids[default_index] if len(ids) > default_index else (ids[0] if ids else None)
+
+
+def usable_job_choices() -> list[tuple[str, str]]:
+    """(label, job id) of every job with an adapter (final, or a checkpoint while it trains), newest first
+    (the Playground and Export tabs)."""
+    from backend import jobs
+    from backend.models import adapters
+
+    out = []
+    for job in jobs.list_jobs():
+        try:
+            source = adapters.adapter_source(job.id)
+        except adapters.AdapterError:
+            continue
+        name = f" · {job.name}" if job.name else ""
+        out.append((f"{job.id} · {job.status}{name} · {source.label}", job.id))
+    return out
+
+
+def dataset_choices() -> list[tuple[str, str]]:
+    """(label, id) of every registered dataset: name, rows, kind, demo (the Data and Train tabs)."""
+    from backend import data
+
+    out = []
+    for meta in data.list_datasets():
+        label = meta.get("name") or meta["id"]
+        label += f" · {meta.get('rows', '?')} rows · {meta.get('kind') or '?'}"
+        if meta.get("demo"):
+            label += " · demo"
+        out.append((label, meta["id"]))
+    return out

@@ -15,10 +15,11 @@ from backend import data as data_backend
 from backend.data.preview import preview as preview_rows
 from backend.data.preview import preview_html
 from backend.data.stats import label_balance_figure, token_length_figure
+from backend.vocab import Stage
 from ui.common import md_escape, one_line
 
 ANY_STAGE = "any"
-STAGE_CHOICES = [ANY_STAGE, "sft", "dpo", "orpo", "kto"]
+STAGE_CHOICES = [ANY_STAGE, *Stage.values()]
 UPLOAD_TYPES = [".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet"]
 # canonical columns a user can map file columns onto (formats.apply_mapping: {canonical: column in file})
 MAPPABLE = ("messages", "instruction", "input", "output", "prompt", "completion", "chosen", "rejected", "label",
@@ -29,7 +30,7 @@ SHOWN_GROUPS = 20
 # ---------------------------------------------------------------- plain handlers
 
 def source_choices() -> list[tuple[str, str]]:
-    from ui.train_tab import dataset_choices
+    from ui.common import dataset_choices
     return dataset_choices()
 
 
@@ -69,7 +70,7 @@ def validate(spec: str, stage: str | None = None, model: str | None = None, max_
 
 def report_markdown(report) -> str:
     """The report as Markdown: verdict, stage table, lengths, errors (with rows), warnings."""
-    from backend.data.formats import FORMATS
+    from backend.data.formats import format_label
 
     name = (report.path or "").rsplit("/", 1)[-1]
     ok = report.ok
@@ -77,7 +78,7 @@ def report_markdown(report) -> str:
     if report.stage:
         verdict += f" for {report.stage.upper()}"
     lines = [f"### {md_escape(name)}: {verdict}",
-             f"{FORMATS.get(report.format, 'format not detected')} · {report.rows} rows read · "
+             f"{format_label(report.format, 'format not detected')} · {report.rows} rows read · "
              f"{report.usable_rows} without errors"]
     if report.split:
         lines[-1] += f" · split {report.split.get('train', '?')} train / {report.split.get('eval', '?')} eval"

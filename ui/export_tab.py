@@ -13,8 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from backend import export
-from ui.common import UserError, fmt_duration, fmt_time, md_escape
-from ui.playground_tab import pick, usable_job_choices
+from ui.common import UserError, fmt_duration, fmt_time, md_escape, pick, usable_job_choices
 
 KIND_LABELS = {"merged": "merged model (base + adapter, loads without peft)", "adapter": "adapter only (PEFT folder)",
                "gguf": "GGUF (llama.cpp / Ollama / LM Studio)"}

@@ -11,36 +11,37 @@ import os
 from dataclasses import dataclass
 
 from backend import jobs, workspace
-from backend.callbacks import read_metrics
-from cli.jobs import eta_seconds
+from backend.jobs.summary import JobSummary, needs_metrics, summarize
+from backend.metrics import Metrics
+from backend.vocab import FINAL_STATUSES, JobStatus
 from workers import control
 from ui.common import fmt_duration, fmt_time, md_escape, one_line
 
 REFRESH_S = 2.0
 SMOOTHING = 0.6
-STATUS_COLOURS = {"queued": "#607d8b", "running": "#1565c0", "completed": "#2e7d32", "failed": "#c62828",
-                  "cancelled": "#6d4c41", "interrupted": "#ef6c00"}
+STATUS_COLOURS = {JobStatus.QUEUED: "#607d8b", JobStatus.RUNNING: "#1565c0", JobStatus.COMPLETED: "#2e7d32",
+                  JobStatus.FAILED: "#c62828", JobStatus.CANCELLED: "#6d4c41", JobStatus.INTERRUPTED: "#ef6c00"}
 
 # ---------------------------------------------------------------- metrics (cached by file size + mtime)
 
-_metrics_cache: dict[str, tuple[int, int, list[dict]]] = {}
+_metrics_cache: dict[str, tuple[int, int, Metrics]] = {}
 
 
-def metrics_of(job_id: str) -> list[dict]:
+def metrics_of(job_id: str) -> Metrics:
     path = workspace.run_dir(job_id) / "metrics.jsonl"
     try:
         stat = os.stat(path)
     except OSError:
-        return []
+        return Metrics()
     key = str(path)
     cached = _metrics_cache.get(key)
     if cached and cached[0] == stat.st_size and cached[1] == stat.st_mtime_ns:
         return cached[2]
-    records = read_metrics(path)
+    metrics = Metrics.read(path)
     if len(_metrics_cache) > 64:
         _metrics_cache.clear()
-    _metrics_cache[key] = (stat.st_size, stat.st_mtime_ns, records)
-    return records
+    _metrics_cache[key] = (stat.st_size, stat.st_mtime_ns, metrics)
+    return metrics
 
 
 def metrics_signature(job_id: str | None) -> tuple:
@@ -60,28 +61,19 @@ def metrics_signature(job_id: str | None) -> tuple:
 
 # ---------------------------------------------------------------- the jobs list
 
+def job_row(summary: JobSummary) -> dict:
+    """What the table shows of one job."""
+    return {"id": summary.id, "name": summary.name, "status": summary.status, "method": summary.method,
+            "stage": summary.stage, "model": summary.model, "dataset": summary.dataset, "step": summary.step,
+            "total": summary.total_steps or 0, "progress": summary.progress, "eta_s": summary.eta_s,
+            "loss": summary.loss, "reason": summary.reason, "created": summary.created}
+
+
 def job_rows() -> list[dict]:
-    """One dict per job, newest first: what the table shows. Metrics are read only for running jobs."""
-    rows = []
-    for job in jobs.list_jobs():
-        results = job.results
-        eta = None
-        final_loss = results.get("final_train_loss")
-        if job.status == "running":
-            metrics = metrics_of(job.id)
-            eta = eta_seconds(job, metrics)
-            losses = [m["loss"] for m in metrics if isinstance(m.get("loss"), (int, float))]
-            final_loss = losses[-1] if losses else None
-        elif final_loss is None and job.status in ("cancelled", "interrupted", "failed"):
-            losses = [m["loss"] for m in metrics_of(job.id) if isinstance(m.get("loss"), (int, float))]
-            final_loss = losses[-1] if losses else None
-        total = job.total_steps or 0
-        rows.append({"id": job.id, "name": job.name, "status": job.status, "method": job.method,
-                     "stage": job.stage, "model": job.model, "dataset": job.dataset, "step": job.step,
-                     "total": total, "progress": (min(job.step / total, 1.0) if total else
-                                                  (1.0 if job.status == "completed" else 0.0)),
-                     "eta_s": eta, "loss": final_loss, "reason": job.reason, "created": job.created})
-    return rows
+    """One dict per job, newest first. Metrics (cached) are read only for the jobs whose loss / ETA come from
+    them (running, or stopped before a final loss was recorded); the row shows nothing else of them."""
+    return [job_row(summarize(job, metrics_of(job.id) if needs_metrics(job) else Metrics()))
+            for job in jobs.list_jobs()]
 
 
 def jobs_table_html(rows: list[dict]) -> str:
@@ -124,14 +116,14 @@ def status_changes(previous: dict | None, rows: list[dict]) -> tuple[dict, list[
     if previous is not None:
         for r in rows:
             before = previous.get(r["id"])
-            if before == r["status"] or before in jobs.FINAL_STATUSES:
+            if before == r["status"] or before in FINAL_STATUSES:
                 continue
-            if r["status"] == "completed":
+            if r["status"] == JobStatus.COMPLETED:
                 loss = f", final loss {r['loss']:.4f}" if isinstance(r["loss"], (int, float)) else ""
                 notes.append(("info", f"Job {r['id']} completed{loss}."))
-            elif r["status"] == "failed":
+            elif r["status"] == JobStatus.FAILED:
                 notes.append(("warning", f"Job {r['id']} failed: {r['reason'] or 'see its log'}"))
-            elif r["status"] == "cancelled" and before is not None:
+            elif r["status"] == JobStatus.CANCELLED and before is not None:
                 notes.append(("info", f"Job {r['id']} cancelled."))
     return current, notes
 
@@ -144,8 +136,7 @@ def job_detail_markdown(job_id: str | None) -> str:
     job = jobs.get(job_id)
     if job is None:
         return f"Job {job_id} no longer exists."
-    metrics = metrics_of(job.id) if job.status == "running" else []
-    eta = eta_seconds(job, metrics) if metrics else None
+    eta = summarize(job, metrics_of(job.id) if job.status == JobStatus.RUNNING else Metrics()).eta_s
     r = job.results
     lines = [f"**{job.id}** {md_escape(job.name)} — **{job.status}** · {job.stage}/{job.method} · "
              f"model `{md_escape(job.model)}` · dataset `{md_escape(job.dataset)}`",
@@ -158,7 +149,7 @@ def job_detail_markdown(job_id: str | None) -> str:
         lines.append(" · ".join(bits))
     if job.reason:
         lines.append(f"reason: {md_escape(job.reason)}")
-    if job.status == "queued":
+    if job.status == JobStatus.QUEUED:
         lines.append("_Waiting for a worker; if it stays queued, check that the app's worker is running "
                      "(`python app.py` starts one; `--no-workers` does not)._")
     return "\n\n".join(lines)
@@ -172,8 +163,8 @@ def _ema(values: list[float], weight: float = SMOOTHING) -> list[float]:
     return out
 
 
-def _series(metrics: list[dict], key: str) -> tuple[list, list]:
-    points = [(m["step"], m[key]) for m in metrics if isinstance(m.get(key), (int, float))
+def _series(metrics: Metrics, key: str) -> tuple[list, list]:
+    points = [(m["step"], m[key]) for m in metrics.records if isinstance(m.get(key), (int, float))
               and not isinstance(m.get(key), bool)]
     return [p[0] for p in points], [p[1] for p in points]
 
@@ -192,7 +183,7 @@ def metrics_figure(job_id: str | None):
                2: ([0.0, 0.47], [0.0, 0.42]), 3: ([0.53, 1.0], [0.0, 0.42])}
     layout = {}
     job = jobs.get(job_id) if job_id else None
-    metrics = metrics_of(job_id) if job else []
+    metrics = metrics_of(job_id) if job else Metrics()
     every = 1
     if job is not None:
         try:
@@ -232,11 +223,11 @@ def metrics_figure(job_id: str | None):
 def _empty_reason(job, key: str, every: int) -> str:
     if job is None:
         return "select a job"
-    if job.status == "queued":
+    if job.status == JobStatus.QUEUED:
         return "queued: waiting for a worker to start it"
-    if key == "tokens_per_second" and job.status != "running":
+    if key == "tokens_per_second" and job.status != JobStatus.RUNNING:
         return "no throughput was logged for this job"
-    if job.status == "running":
+    if job.status == JobStatus.RUNNING:
         return f"waiting for the first logged step; logging every {every} step{'s' if every != 1 else ''}"
     return f"no {key.replace('_', ' ')} was logged ({job.status})"
 
@@ -373,26 +364,28 @@ def _safe_rows() -> list[dict]:
 
 
 def wire(gr, tab: JobsTab, timer, clone_outputs: list, on_clone):
-    """Timer refresh (+ toasts on any tab), selection, actions. `on_clone(config dict)` -> clone outputs.
-    Returns (tick, inputs, outputs) so the app can also run the refresh on page load."""
+    """Timer refresh (+ toasts on any tab), selection, actions. `on_clone(config dict)` -> {component: value}
+    for clone_outputs. Returns (tick, inputs, outputs) so the app can also run the refresh on page load."""
 
     def tick(selected, previous, last_sig):
         try:
             result = refresh(selected, previous, last_sig)
         except Exception as error:  # noqa: BLE001 - keep the page alive; say why once
-            return [gr.skip(), gr.skip(), previous, gr.skip(), gr.skip(), gr.skip(), last_sig,
-                    f"⚠️ refresh failed: {one_line(error)}"]
+            return {tab.statuses: previous, tab.signature: last_sig,
+                    tab.action_status: f"⚠️ refresh failed: {one_line(error)}"}
         for level, message in result.notes:
             (gr.Info if level == "info" else gr.Warning)(message)
         ids = [c[1] for c in result.choices]
         value = selected if selected in ids else (ids[0] if ids else None)
-        choices_update = gr.update(choices=result.choices, value=value) if (
-            value != selected or previous is None or set(ids) != set(previous or {})) else gr.skip()
+        changed = {}
+        if value != selected or previous is None or set(ids) != set(previous or {}):
+            changed[tab.selector] = gr.update(choices=result.choices, value=value)
         if value != selected:
             result = refresh(value, result.statuses, None)
-        figure = result.figure if result.figure is not None else gr.skip()
-        return [result.table_html, choices_update, result.statuses, result.detail, figure, result.log,
-                result.signature, gr.skip()]
+        if result.figure is not None:
+            changed[tab.chart] = result.figure
+        return {tab.table: result.table_html, tab.statuses: result.statuses, tab.detail: result.detail,
+                tab.log: result.log, tab.signature: result.signature, **changed}
 
     outputs = [tab.table, tab.selector, tab.statuses, tab.detail, tab.chart, tab.log, tab.signature,
                tab.action_status]
@@ -445,12 +438,12 @@ def wire(gr, tab: JobsTab, timer, clone_outputs: list, on_clone):
 
     def do_clone(job_id):
         if not job_id:
-            return ["Select a job first."] + [gr.skip()] * len(clone_outputs)
+            return {tab.action_status: "Select a job first."}
         try:
             data = clone_config(job_id)
         except Exception as error:  # noqa: BLE001
-            return [f"⚠️ {one_line(error)}"] + [gr.skip()] * len(clone_outputs)
-        return [f"Cloned {job_id} into the Train form."] + list(on_clone(data))
+            return {tab.action_status: f"⚠️ {one_line(error)}"}
+        return {tab.action_status: f"Cloned {job_id} into the Train form.", **on_clone(data)}
 
     tab.clone_btn.click(do_clone, tab.selector, [tab.action_status, *clone_outputs])
 

@@ -14,37 +14,13 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field, fields
 
-from backend import adapters, jobs
-from backend.chat import AnswerStats, GenerationSettings
-from ui.common import UserError, md_escape, readable
+from backend.serve.chat import AnswerStats, GenerationSettings
+from ui.common import UserError, md_escape, pick, readable, usable_job_choices
 
 N_COLUMNS = 3
 DEFAULT_TITLES = ("base", "adapter", "merged")
 BATCH_SOURCES = ("typed", "uploaded file", "eval split")
 SETTING_NAMES = tuple(f.name for f in fields(GenerationSettings))
-
-# ---------------------------------------------------------------- jobs that can be chatted with
-
-
-def usable_job_choices() -> list[tuple[str, str]]:
-    """(label, job id) of every job with an adapter (final, or a checkpoint while it trains), newest first."""
-    out = []
-    for job in jobs.list_jobs():
-        try:
-            source = adapters.adapter_source(job.id)
-        except adapters.AdapterError:
-            continue
-        name = f" · {job.name}" if job.name else ""
-        out.append((f"{job.id} · {job.status}{name} · {source.label}", job.id))
-    return out
-
-
-def pick(choices: list[tuple[str, str]], current: str | None, default_index: int = 0) -> str | None:
-    ids = [c[1] for c in choices]
-    if current in ids:
-        return current
-    return ids[default_index] if len(ids) > default_index else (ids[0] if ids else None)
-
 
 # ---------------------------------------------------------------- settings
 
@@ -72,7 +48,7 @@ def settings_from(*values) -> GenerationSettings:
 
 def open_for(job_id: str | None, compare: bool = False, job_b: str | None = None):
     """The loaded backend session for the chosen job (or jobs A and B in compare mode)."""
-    from backend import playground
+    from backend.serve import playground
 
     if not job_id:
         raise UserError("Pick a job first (only jobs with a saved adapter or checkpoint are listed).")
@@ -166,7 +142,7 @@ def drop_last_answers(histories) -> list[list[dict]]:
 
 
 def batch_prompts(source: str, text: str | None, file_path: str | None, job_id: str | None, limit: int = 50):
-    from backend import playground
+    from backend.serve import playground
 
     if source == "uploaded file":
         if not file_path:
@@ -194,7 +170,7 @@ def batch_table(rows: list[dict], session) -> tuple[list[str], list[list[str]]]:
 
 def run_batch(job_id, compare, job_b, source, text, file_path, limit, setting_values, progress=None):
     """-> (headers, rows, csv path, message)."""
-    from backend import playground
+    from backend.serve import playground
 
     settings = settings_from(*setting_values)
     prompts = batch_prompts(source, text, file_path, job_id, limit)
@@ -326,13 +302,18 @@ def wire(gr, tab: PlaygroundTab, tab_item=None) -> None:
 
     def view(session, histories, lines, status, check=None):
         names = [short_title(t) for t in titles(session)] if session is not None else list(DEFAULT_TITLES)
-        return [histories, *[gr.update(value=h, label=n) for h, n in zip(histories, names)], *lines,
-                check if check is not None else gr.skip(),
-                session_markdown(session) if session is not None else gr.skip(), status]
+        out = {tab.histories: histories, tab.status: status}
+        out.update({chat: gr.update(value=h, label=n) for chat, h, n in zip(tab.chats, histories, names)})
+        out.update(zip(tab.stats, lines))
+        if check is not None:
+            out[tab.check] = check
+        if session is not None:
+            out[tab.info] = session_markdown(session)
+        return out
 
     def fail(histories, message):
         gr.Warning(message)
-        return [gr.skip()] * (len(chat_outputs) - 1) + [f"⚠️ {message}"]
+        return {tab.status: f"⚠️ {message}"}
 
     def converse(job_id, compare, job_b, histories, message, *values, regenerate=False):
         try:
@@ -344,8 +325,7 @@ def wire(gr, tab: PlaygroundTab, tab_item=None) -> None:
                 message = (message or "").strip()
                 if not message:
                     raise UserError("Type a message first.")
-            yield [gr.skip()] * (len(chat_outputs) - 1) + [
-                "Loading the models (the first time for a job takes up to ~30 s on a CPU)…"]
+            yield {tab.status: "Loading the models (the first time for a job takes up to ~30 s on a CPU)…"}
             session = open_for(job_id, compare, job_b)
             if session.check is not None and not session.check.ok:
                 gr.Warning(f"Merge check: {session.check.summary()}")
@@ -371,8 +351,8 @@ def wire(gr, tab: PlaygroundTab, tab_item=None) -> None:
     tab.regenerate_btn.click(regenerate, inputs, chat_outputs, show_progress="minimal")
 
     def clear():
-        empty = new_histories()
-        return [empty, *[[] for _ in range(N_COLUMNS)], *[""] * N_COLUMNS, gr.skip(), gr.skip(), "Cleared."]
+        return {tab.histories: new_histories(), **{chat: [] for chat in tab.chats},
+                **{stats: "" for stats in tab.stats}, tab.status: "Cleared."}
 
     tab.clear_btn.click(clear, None, chat_outputs, show_progress="hidden")
     for chat in tab.chats:   # a column's own trash icon clears the whole conversation (histories stay aligned)
@@ -382,9 +362,7 @@ def wire(gr, tab: PlaygroundTab, tab_item=None) -> None:
         try:
             session = open_for(job_id, compare, job_b)
         except Exception as error:  # noqa: BLE001
-            message = readable(error)
-            gr.Warning(message)
-            return [gr.skip()] * (len(chat_outputs) - 1) + [f"⚠️ {message}"]
+            return fail(None, readable(error))
         if session.check is not None and not session.check.ok:
             gr.Warning(f"Merge check: {session.check.summary()}")
         empty = new_histories()
@@ -408,11 +386,11 @@ def wire(gr, tab: PlaygroundTab, tab_item=None) -> None:
             logging.getLogger("lorastudio.ui").exception("batch compare failed")
             message = readable(error)
             gr.Warning(message)
-            return gr.skip(), gr.skip(), f"⚠️ {message}"
+            return {tab.batch_status: f"⚠️ {message}"}
         import pandas as pd
         widths = [f"{100 / len(headers):.0f}%"] * len(headers)   # every column visible, no sideways scroll
-        return (gr.update(value=pd.DataFrame(body, columns=headers), column_widths=widths),
-                gr.update(value=path, visible=True), message)
+        return {tab.batch_table: gr.update(value=pd.DataFrame(body, columns=headers), column_widths=widths),
+                tab.batch_csv: gr.update(value=path, visible=True), tab.batch_status: message}
 
     tab.batch_btn.click(batch, [tab.job, tab.compare, tab.job_b, tab.batch_source, tab.batch_text, tab.batch_file,
                                 tab.batch_limit, *tab.setting_controls()],

@@ -14,8 +14,11 @@ from pathlib import Path
 import yaml
 
 from backend.config import JobConfig, field_help, field_limits
+from backend.jobs import presets
 from backend.models import format_parameters
-from ui.common import UserError, md_escape, one_line
+from backend.models.methods import METHODS
+from backend.vocab import Method, Stage
+from ui.common import UserError, dataset_choices, md_escape, one_line
 
 # Form fields in display order: (dotted config path, section). Every one becomes a control whose info is
 # field_help(path) and whose limits are field_limits(path).
@@ -33,8 +36,6 @@ SECTIONS = {
     "Resources": ["resources.gpus"],
 }
 FIELD_PATHS = [p for paths in SECTIONS.values() for p in paths]
-METHOD_LABELS = {"lora": "LoRA", "qlora": "QLoRA (4-bit base)", "dora": "DoRA", "qdora": "QDoRA (DoRA, 4-bit)",
-                 "pissa": "PiSSA"}
 DEFAULT_PRESET = "quickstart"
 
 
@@ -116,53 +117,27 @@ def config_dict_to_form(data: dict, paths: list[str] = FIELD_PATHS) -> list:
     return [config_to_form_value(p, full.get(p)) for p in paths]
 
 
-# ---------------------------------------------------------------- presets
-
-def presets_dirs() -> list[Path]:
-    from backend import workspace
-    return [workspace.PRESETS_DIR, user_presets_dir()]
-
-
-def user_presets_dir() -> Path:
-    """User presets live in the workspace (presets/ in the repo is read-only for the app)."""
-    from backend import workspace
-    return workspace.user_presets_dir()
-
+# ---------------------------------------------------------------- presets (backend.jobs.presets: bundled first)
 
 def preset_names() -> list[str]:
-    names = []
-    for folder in presets_dirs():
-        names += [p.stem for p in sorted(folder.glob("*.yaml")) if p.stem not in names]
-    return names
+    return presets.names()
 
 
 def load_preset(name: str) -> dict:
     """A preset's full config dict (defaults filled in)."""
-    for folder in reversed(presets_dirs()):
-        path = folder / f"{name}.yaml"
-        if path.is_file():
-            config = JobConfig.from_yaml(path)
-            if config.load_errors:
-                raise UserError(f"preset {name} has problems: {'; '.join(config.load_errors)}")
-            return config.to_dict()
-    raise UserError(f"no preset named '{name}'; pick one of {', '.join(preset_names())}")
+    try:
+        return presets.load(name).to_dict()
+    except presets.PresetError as error:
+        raise UserError(str(error)) from None
 
 
 def save_preset(name: str, data: dict) -> str:
     """Save the form as a user preset; returns a one-line message."""
-    name = (name or "").strip()
-    if not re.fullmatch(r"[A-Za-z0-9][\w.\-]{0,63}", name):
-        raise UserError("preset name: use letters, digits, '-', '_' or '.' (up to 64 characters), e.g. my-run")
-    from backend import workspace
-    if (workspace.PRESETS_DIR / f"{name}.yaml").is_file():
-        raise UserError(f"'{name}' is a bundled preset; choose another name")
-    config = JobConfig.from_dict(data)
-    errors = config.validate(cuda_available=False) if config.load_errors else []
-    if config.load_errors:
-        raise UserError("; ".join(errors))
-    path = user_presets_dir() / f"{name}.yaml"
-    path.write_text(f"# saved from the LoRA Studio Train tab\n{config.to_yaml()}", encoding="utf-8")
-    return f"Saved preset '{name}' ({path})."
+    try:
+        path = presets.save(name, data)
+    except presets.PresetError as error:
+        raise UserError(str(error)) from None
+    return f"Saved preset '{path.stem}' ({path})."
 
 
 # ---------------------------------------------------------------- models and datasets
@@ -184,18 +159,6 @@ def _folder_size(path: str) -> int:
     if not folder.is_dir():
         return 0
     return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
-
-
-def dataset_choices() -> list[tuple[str, str]]:
-    from backend import data
-    out = []
-    for meta in data.list_datasets():
-        label = meta.get("name") or meta["id"]
-        label += f" · {meta.get('rows', '?')} rows · {meta.get('kind') or '?'}"
-        if meta.get("demo"):
-            label += " · demo"
-        out.append((label, meta["id"]))
-    return out
 
 
 def import_model(path: str, name: str = "") -> str:
@@ -253,7 +216,7 @@ def batching_line(config: JobConfig, cuda: bool) -> str:
     """One line: what training.batching (auto resolved for this machine) will do."""
     from backend.config import resolve_batching
 
-    if config.stage != "sft":
+    if config.stage != Stage.SFT:
         return "Batching: preference stages pad each batch to its longest row (training.batching applies to SFT)."
     mode = resolve_batching(config.training.batching, cuda, config.training.batch_size * config.training.max_length)
     chosen = f"auto = {mode}" if config.training.batching == "auto" else mode
@@ -264,7 +227,7 @@ def batching_line(config: JobConfig, cuda: bool) -> str:
 def estimate_html(data: dict) -> str:
     """The pre-flight memory estimate with a fits / tight / will-not-fit badge per device, and the batching line."""
     from backend import models
-    from backend import estimate as estimate_draft
+    from backend.models import estimate as estimate_draft
 
     config = JobConfig.from_dict(data)
     devices = estimate_draft.devices()
@@ -314,7 +277,7 @@ def previews(data: dict, preset: str | None) -> tuple[str, str, str]:
 
 def check_everything(data: dict) -> tuple[JobConfig, list[str]]:
     """The config's own problems plus model, dataset and init-adapter checks, all at once."""
-    from backend import preflight
+    from backend.jobs import preflight
 
     config = JobConfig.from_dict(data)
     return config, preflight.problems(config)
@@ -362,6 +325,10 @@ class TrainTab:
     def inputs(self) -> list:
         return [self.fields[p] for p in FIELD_PATHS]
 
+    def form_values(self, data: dict) -> dict:
+        """{control: value} that fills the form with a (partial) config dict, defaults filled in."""
+        return dict(zip(self.inputs(), config_dict_to_form(data)))
+
 
 def _control(gr, path: str, value):
     limits = field_limits(path)
@@ -374,7 +341,7 @@ def _control(gr, path: str, value):
         return gr.Dropdown(choices=_safe(dataset_choices), value=value, label="dataset", info=info,
                            allow_custom_value=True)
     if path == "method":
-        return gr.Radio(choices=[(METHOD_LABELS[m], m) for m in limits["choices"]], value=value, label="method",
+        return gr.Radio(choices=[(METHODS[Method(m)].label, m) for m in limits["choices"]], value=value, label="method",
                         info=info)
     if path == "chat_template":
         return gr.Dropdown(choices=["(model's own)"] + [c for c in limits["choices"] if c], value=value,
@@ -468,8 +435,8 @@ def _wire(gr, tab: TrainTab) -> None:
             data = load_preset(name)
         except Exception as error:  # noqa: BLE001
             gr.Warning(one_line(error))
-            return [gr.skip()] * len(inputs)
-        return config_dict_to_form(data)
+            return gr.skip()          # the form stays as it is
+        return tab.form_values(data)
 
     tab.preset.input(on_preset, tab.preset, inputs)
 
@@ -495,8 +462,8 @@ def _wire(gr, tab: TrainTab) -> None:
 
 
 def wire_start(gr, tab: TrainTab, on_started_outputs: list, on_started) -> None:
-    """Start: validate -> create -> enqueue; on success `on_started(job_id)` gives the extra outputs
-    (the app uses them to switch to the Jobs tab and select the job)."""
+    """Start: validate -> create -> enqueue; on success `on_started(job_id)` gives {component: value} for
+    on_started_outputs (the app uses them to switch to the Jobs tab and select the job)."""
     inputs = tab.inputs()
 
     def on_start(*values):
@@ -506,13 +473,13 @@ def wire_start(gr, tab: TrainTab, on_started_outputs: list, on_started) -> None:
             job_id, errors = None, [one_line(error)]
         if errors:
             gr.Warning(f"The job was not started: {len(errors)} problem(s); see the list under Start.")
-            return [errors_markdown(errors)] + [gr.skip()] * len(on_started_outputs)
+            return {tab.start_status: errors_markdown(errors)}
         gr.Info(f"Job {job_id} queued.")
-        return [f"Job **{job_id}** queued."] + list(on_started(job_id))
+        return {tab.start_status: f"Job **{job_id}** queued.", **on_started(job_id)}
 
     tab.start_btn.click(on_start, inputs, [tab.start_status, *on_started_outputs], show_progress="full")
 
 
 __all__ = ["TrainTab", "build", "wire_start", "start_job", "check_everything", "previews", "train_command",
            "config_yaml", "estimate_html", "load_preset", "save_preset", "preset_names", "model_choices",
-           "dataset_choices", "form_to_config_dict", "config_dict_to_form", "FIELD_PATHS"]
+           "form_to_config_dict", "config_dict_to_form", "FIELD_PATHS"]

@@ -11,6 +11,7 @@ import threading
 import time
 
 from backend import jobs
+from backend.vocab import Control, JobStatus
 from workers import process, slots
 from workers.queue import enqueue, get_queue
 
@@ -35,12 +36,12 @@ def reap(requeue_interrupted: bool = False) -> list[str]:
             job.id, "the inline training process stopped" if inline
             else f"its worker stopped responding (last heartbeat {last})")
         log.warning("reaped job %s (owner %s) -> %s", job.id, job.owner, status)
-        if status == "interrupted" and not inline:
+        if status == JobStatus.INTERRUPTED and not inline:
             enqueue(job.id)  # an inline job is resumed by the user (lorastudio jobs resume), not by a worker
             queued.append(job.id)
     if requeue_interrupted:
         for job in jobs.list_jobs():
-            if job.status == "interrupted" and not (job.owner or "").startswith("inline:") and job.id not in queued:
+            if job.status == JobStatus.INTERRUPTED and not (job.owner or "").startswith("inline:") and job.id not in queued:
                 enqueue(job.id)
                 queued.append(job.id)
     return queued
@@ -70,7 +71,7 @@ def run_worker(workers: int | None = None, gpus: list[str] | None = None, stop: 
             reap()
     log.info("worker shutting down: preempting %s", process.running_job_ids() or "nothing")
     for job_id in process.running_job_ids():
-        jobs.request(job_id, "preempt")
+        jobs.request(job_id, Control.PREEMPT)
     deadline = time.monotonic() + shutdown_grace_s
     consumer.stop_flag.set()
     for _, thread in consumer.worker_threads:

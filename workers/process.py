@@ -52,7 +52,7 @@ def is_live_local_owner(owner: str | None) -> bool:
 
 def preflight(job) -> str | None:
     """A bad config, model or dataset fails the job before anything heavy loads; the reason, or None."""
-    from backend import preflight as checks
+    from backend.jobs import preflight as checks
 
     return "; ".join(checks.problems(job.config)) or None
 

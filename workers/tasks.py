@@ -10,6 +10,7 @@ import logging
 import time
 
 from backend import jobs
+from backend.vocab import JobStatus
 from workers import process, slots
 
 log = logging.getLogger("lorastudio.worker")
@@ -28,7 +29,7 @@ def train(job_id: str) -> None:
             return
         reason = process.preflight(job)
         if reason:
-            jobs.update(job_id, status="failed", reason=reason, finished=time.time())
+            jobs.update(job_id, status=JobStatus.FAILED, reason=reason, finished=time.time())
             return
         exit_code = process.run_training_process(job, devices)
     settle(job_id, exit_code)
@@ -39,12 +40,12 @@ def settle(job_id: str, exit_code: int) -> None:
     from workers.queue import enqueue
 
     job = jobs.get(job_id)
-    if job.status == "running":  # the process died without writing its end (kill -9, OOM killer, segfault)
+    if job.status == JobStatus.RUNNING:  # the process died without writing its end (kill -9, OOM killer, segfault)
         why = f"the training process died ({process.describe_exit(exit_code)})"
         status = jobs.mark_interrupted_or_failed(job_id, why, expected_owner=process.owner_id())
         log.warning("job %s: %s -> %s", job_id, why, status)
         job = jobs.get(job_id)
-    if job.status == "interrupted":
+    if job.status == JobStatus.INTERRUPTED:
         # also when preempted by this worker's shutdown: the persistent queue keeps it for the restart
         enqueue(job_id)
 

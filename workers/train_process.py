@@ -19,10 +19,12 @@ def main(job_id: str) -> int:
     preempted = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: preempted.set())
 
-    from backend.runner import run_job
+    from backend.jobs.runner import run_job
+    from backend.vocab import Control, JobStatus
 
-    job = run_job(job_id, external_stop=lambda: "preempt" if preempted.is_set() else None)
-    return {"completed": 0, "cancelled": 3, "interrupted": 3}.get(job.status, 1)
+    job = run_job(job_id, external_stop=lambda: Control.PREEMPT if preempted.is_set() else None)
+    exit_codes = {JobStatus.COMPLETED: 0, JobStatus.CANCELLED: 3, JobStatus.INTERRUPTED: 3}
+    return exit_codes.get(job.status, 1)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ Public API:
     register_upload(path, name=None, column_mapping=None, format_name=None) -> dataset id
     ensure_demo_datasets() / list_datasets() / dataset_info(id) / delete_dataset(id)
     preview(...) / stats figures: see backend.data.preview and backend.data.stats
+    FORMATS (name -> Format: label, kind, normaliser), Kind (chat / preference / kto and the stages each feeds),
+    Problem (one finding of a normaliser, before it is grouped into the report's IssueGroups)
 `spec` is a demo name, a registered dataset id (datasets/<id>/) or a file path inside the allowed folders
 (see readers). Modules: readers (files), formats (shapes), validate (checks), report, tokens, registry,
 preview, stats; render and demo belong to the training core.
@@ -16,16 +18,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend.data.formats import FORMATS
+from backend.data.formats import FORMATS, Format, Kind
 from backend.data.registry import (DataError, dataset_info, delete_dataset, ensure_demo_datasets, list_datasets,
                                    register_upload, resolve)
-from backend.data.report import STAGES, IssueGroup, StageCompat, ValidationReport
+from backend.data.report import IssueGroup, Problem, StageCompat, ValidationReport
 from backend.data.validate import (DEFAULT_EVAL_FRACTION, DEFAULT_MAX_LENGTH, MIN_ROWS, Scan, finish, scan,
                                    split_sizes)
+from backend.vocab import Stage
 
-__all__ = ["DataError", "LoadedDataset", "ValidationReport", "IssueGroup", "StageCompat", "FORMATS", "STAGES",
-           "MIN_ROWS", "validate", "load_for_stage", "register_upload", "ensure_demo_datasets", "list_datasets",
-           "dataset_info", "delete_dataset", "split_sizes", "scan_spec"]
+__all__ = ["DataError", "LoadedDataset", "ValidationReport", "IssueGroup", "StageCompat", "Problem", "FORMATS",
+           "Format", "Kind", "MIN_ROWS", "validate", "load_for_stage", "register_upload", "ensure_demo_datasets",
+           "list_datasets", "dataset_info", "delete_dataset", "split_sizes", "scan_spec"]
 
 
 @dataclass
@@ -52,9 +55,9 @@ def validate(spec_or_path, stage: str | None = None, tokenizer=None, max_length:
     try:
         _, result, _ = scan_spec(spec_or_path, column_mapping, format_name)
     except DataError as exc:
-        report = ValidationReport(path=str(spec_or_path), format=None, stage=stage)
+        report = ValidationReport(path=str(spec_or_path), format=None, stage=None if stage is None else str(stage))
         report.errors = [IssueGroup("error", str(exc), count=1)]
-        report.stages = {s: StageCompat(False, 0, str(exc)) for s in STAGES}
+        report.stages = {s: StageCompat(False, 0, str(exc)) for s in Stage.values()}
         return report
     return finish(result, stage, tokenizer, max_length, eval_fraction)
 
@@ -68,8 +71,8 @@ def load_for_stage(spec: str, stage: str, *, column_mapping: dict | None = None,
     skipped_rows) instead of blocking the stage. eval_fraction: the split the trainer will make (checked so
     that enough rows remain to train on; split with validate.split_sizes).
     """
-    if stage not in STAGES:
-        raise DataError(f"unknown stage '{stage}'; use one of {', '.join(STAGES)}")
+    if stage not in Stage.values():
+        raise DataError(f"unknown stage '{stage}'; use one of {', '.join(Stage.values())}")
     dataset_id, result, meta = scan_spec(spec, column_mapping, format_name)
     report = finish(result, stage, eval_fraction=eval_fraction)
     compat = report.stages[stage]

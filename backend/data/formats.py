@@ -14,29 +14,47 @@ TRL conversational format):
     chat        {"messages": [...], "tools"?: [...]}
     preference  {"prompt": [...], "chosen": [...], "rejected": [...], "tools"?: [...]}
     kto         {"prompt": [...], "completion": [...], "label": bool}
-Which stage takes which kind: STAGE_KINDS. Problems are appended to `problems` as
-(severity, field, message, stages) with messages that name no row (the caller adds it, and groups them).
+The stages each kind can feed: Kind.stages. Normalisers append Problem(severity, field, message, stages) to
+`problems`, with messages that name no row (the caller adds it, and groups them).
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from typing import Callable
 
-FORMATS = {
-    "messages": "OpenAI chat messages",
-    "sharegpt": "ShareGPT conversations (from/value)",
-    "alpaca": "Alpaca instruction/input/output",
-    "prompt_completion": "prompt/completion",
-    "preference": "preference pairs (prompt/chosen/rejected)",
-    "sharegpt_preference": "ShareGPT preference pairs (conversations/chosen/rejected)",
-    "kto": "KTO (prompt/completion/label)",
-}
-KIND = {"messages": "chat", "sharegpt": "chat", "alpaca": "chat", "prompt_completion": "chat",
-        "preference": "preference", "sharegpt_preference": "preference", "kto": "kto"}
-# The stages each kind can feed; the first listed is the natural one (used for token checks when no stage
-# is asked). SFT trains on preference data's chosen answers and on KTO's desirable rows.
-STAGE_KINDS = {"sft": ("chat", "preference", "kto"), "dpo": ("preference",), "orpo": ("preference",),
-               "kto": ("kto", "preference")}
-NATURAL_STAGE = {"chat": "sft", "preference": "dpo", "kto": "kto"}
+from backend.data.report import Problem
+from backend.vocab import Stage, StrEnum
+
+
+class Kind(StrEnum):
+    """The canonical row kinds. SFT trains on preference data's chosen answers and on KTO's desirable rows; KTO
+    trains on each pair as two unpaired rows."""
+
+    stages: tuple[Stage, ...]   # the stages this kind can feed, in Stage order
+    natural_stage: Stage        # checked, split and measured when no stage is asked
+
+    CHAT = "chat", (Stage.SFT,), Stage.SFT
+    PREFERENCE = "preference", tuple(Stage), Stage.DPO
+    KTO = "kto", (Stage.SFT, Stage.KTO), Stage.KTO
+
+    def __new__(cls, value: str, stages: tuple[Stage, ...], natural_stage: Stage):
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.stages = stages
+        member.natural_stage = natural_stage
+        return member
+
+
+@dataclass(frozen=True)
+class Format:
+    """One detected row shape: its name, what the report calls it, the kind it normalises to, and the
+    normaliser (row, problems) -> canonical row of that kind, or None when the row has errors."""
+    name: str
+    label: str
+    kind: Kind
+    normalise: Callable[[dict, list[Problem]], dict | None]
+
 
 ROLES = {"system", "user", "assistant", "tool"}
 ROLE_ALIASES = {"developer": "system", "function": "tool", "ipython": "tool"}
@@ -44,7 +62,7 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
                   "system": "system", "function_call": "assistant", "observation": "tool", "tool": "tool"}
 TRUE_LABELS = {"true", "1", "yes", "y", "up", "thumbs_up", "good", "desirable"}
 FALSE_LABELS = {"false", "0", "no", "n", "down", "thumbs_down", "bad", "undesirable"}
-PREF_STAGES = ("dpo", "orpo", "kto")
+PREF_STAGES = tuple(s for s in Stage if s.is_preference)
 EXPECTED_COLUMNS = ("messages | conversations | instruction+output | prompt+completion | "
                     "prompt+chosen+rejected | prompt+completion+label")
 
@@ -107,101 +125,97 @@ def _content(value, field: str, role: str, problems: list) -> str | None:
     if isinstance(value, str):
         if not value.strip():
             if role in ("user", "assistant"):
-                problems.append(("error", field, f"the {role} message is empty; write its text or remove the "
-                                                 "turn", None))
+                problems.append(Problem("error", field, f"the {role} message is empty; write its text or remove "
+                                                        "the turn"))
                 return None
-            problems.append(("warning", field, f"the {role} message is empty", None))
+            problems.append(Problem("warning", field, f"the {role} message is empty"))
         return value
     if isinstance(value, list) and value and all(isinstance(p, dict) and p.get("type") == "text"
                                                  and isinstance(p.get("text"), str) for p in value):
         return "".join(p["text"] for p in value)
     if value is None:
-        problems.append(("error", field, "content is missing; every message needs text content", None))
+        problems.append(Problem("error", field, "content is missing; every message needs text content"))
         return None
     if isinstance(value, list) and any(isinstance(p, dict) and p.get("type") not in (None, "text")
                                        for p in value):
-        problems.append(("error", field, "content holds non-text parts (images or audio), which text models "
-                                         "cannot train on; keep only text", None))
+        problems.append(Problem("error", field, "content holds non-text parts (images or audio), which text "
+                                                "models cannot train on; keep only text"))
         return None
-    problems.append(("error", field, f"content must be a string, got {_type_name(value)}; put the message text "
-                                     "in a string", None))
+    problems.append(Problem("error", field, f"content must be a string, got {_type_name(value)}; put the message "
+                                            "text in a string"))
     return None
 
 
-def norm_messages(value, field: str, problems: list) -> list[dict] | None:
-    """OpenAI-style messages validated into [{"role", "content"(, "tool_calls", "name", "tool_call_id")}]."""
+def _turns(value, field: str, problems: list, noun: str, needs: str, keys: str, norm_turn) -> list[dict] | None:
+    """A conversation checked as a list, then turn by turn: norm_turn(turn, where, problems) gives the clean
+    message or None. None when the list or any turn has errors (every one appended to problems)."""
     if not isinstance(value, list):
-        problems.append(("error", field, f"expected a list of messages, got {_type_name(value)}", None))
+        problems.append(Problem("error", field, f"expected a list of {noun}s, got {_type_name(value)}"))
         return None
     if not value:
-        problems.append(("error", field, "the conversation is empty; add at least a user and an assistant "
-                                         "message", None))
-        return None
-    out, ok = [], True
-    for i, msg in enumerate(value):
-        where = f"{field}[{i}]"
-        if not isinstance(msg, dict):
-            problems.append(("error", where, f"expected a message object with role and content, got "
-                                             f"{_type_name(msg)}", None))
-            ok = False
-            continue
-        role = msg.get("role")
-        if role is None:
-            problems.append(("error", f"{where}.role", "the message has no role; use system, user, assistant or "
-                                                       "tool", None))
-            ok = False
-            continue
-        role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
-        if role not in ROLES:
-            problems.append(("error", f"{where}.role", f"unknown role {role!r}; use system, user, assistant or "
-                                                       "tool", None))
-            ok = False
-            continue
-        clean = {"role": role}
-        if msg.get("tool_calls") and msg.get("content") in (None, ""):
-            clean["content"] = ""          # a pure tool call: the template renders tool_calls
-        else:
-            content = _content(msg.get("content"), f"{where}.content", role, problems)
-            if content is None:
-                ok = False
-                continue
-            clean["content"] = content
-        for key in ("tool_calls", "name", "tool_call_id"):
-            if msg.get(key) is not None:
-                clean[key] = msg[key]
-        out.append(clean)
-    return out if ok else None
-
-
-def norm_sharegpt(value, field: str, problems: list) -> list[dict] | None:
-    """ShareGPT from/value turns into role/content messages (function_call -> assistant, observation -> tool)."""
-    if not isinstance(value, list):
-        problems.append(("error", field, f"expected a list of turns, got {_type_name(value)}", None))
-        return None
-    if not value:
-        problems.append(("error", field, "the conversation is empty; add at least a human and a gpt turn", None))
+        problems.append(Problem("error", field, f"the conversation is empty; add at least {needs}"))
         return None
     out, ok = [], True
     for i, turn in enumerate(value):
         where = f"{field}[{i}]"
         if not isinstance(turn, dict):
-            problems.append(("error", where, f"expected a turn object with from and value, got "
-                                             f"{_type_name(turn)}", None))
+            problems.append(Problem("error", where, f"expected a {noun} object with {keys}, got "
+                                                    f"{_type_name(turn)}"))
+            clean = None
+        else:
+            clean = norm_turn(turn, where, problems)
+        if clean is None:
             ok = False
-            continue
-        source = turn.get("from", turn.get("role"))
-        role = SHAREGPT_ROLES.get(source) if isinstance(source, str) else None
-        if role is None:
-            problems.append(("error", f"{where}.from", f"unknown role {source!r}; use human, gpt, system, "
-                                                       "function_call or observation", None))
-            ok = False
-            continue
-        content = _content(turn.get("value", turn.get("content")), f"{where}.value", role, problems)
-        if content is None:
-            ok = False
-            continue
-        out.append({"role": role, "content": content})
+        else:
+            out.append(clean)
     return out if ok else None
+
+
+def norm_messages(value, field: str, problems: list) -> list[dict] | None:
+    """OpenAI-style messages validated into [{"role", "content"(, "tool_calls", "name", "tool_call_id")}]."""
+    return _turns(value, field, problems, "message", "a user and an assistant message", "role and content",
+                  _message)
+
+
+def _message(msg: dict, where: str, problems: list) -> dict | None:
+    role = msg.get("role")
+    if role is None:
+        problems.append(Problem("error", f"{where}.role", "the message has no role; use system, user, assistant "
+                                                          "or tool"))
+        return None
+    role = ROLE_ALIASES.get(role, role) if isinstance(role, str) else role
+    if role not in ROLES:
+        problems.append(Problem("error", f"{where}.role", f"unknown role {role!r}; use system, user, assistant "
+                                                          "or tool"))
+        return None
+    clean = {"role": role}
+    if msg.get("tool_calls") and msg.get("content") in (None, ""):
+        clean["content"] = ""          # a pure tool call: the template renders tool_calls
+    else:
+        content = _content(msg.get("content"), f"{where}.content", role, problems)
+        if content is None:
+            return None
+        clean["content"] = content
+    for key in ("tool_calls", "name", "tool_call_id"):
+        if msg.get(key) is not None:
+            clean[key] = msg[key]
+    return clean
+
+
+def norm_sharegpt(value, field: str, problems: list) -> list[dict] | None:
+    """ShareGPT from/value turns into role/content messages (function_call -> assistant, observation -> tool)."""
+    return _turns(value, field, problems, "turn", "a human and a gpt turn", "from and value", _sharegpt_turn)
+
+
+def _sharegpt_turn(turn: dict, where: str, problems: list) -> dict | None:
+    source = turn.get("from", turn.get("role"))
+    role = SHAREGPT_ROLES.get(source) if isinstance(source, str) else None
+    if role is None:
+        problems.append(Problem("error", f"{where}.from", f"unknown role {source!r}; use human, gpt, system, "
+                                                          "function_call or observation"))
+        return None
+    content = _content(turn.get("value", turn.get("content")), f"{where}.value", role, problems)
+    return None if content is None else {"role": role, "content": content}
 
 
 def _tools(row: dict, problems: list):
@@ -212,11 +226,11 @@ def _tools(row: dict, problems: list):
         try:
             tools = json.loads(tools)
         except ValueError:
-            problems.append(("error", "tools", "tools is a string but not valid JSON; give a list of function "
-                                               "schemas", None))
+            problems.append(Problem("error", "tools", "tools is a string but not valid JSON; give a list of "
+                                                      "function schemas"))
             return None
     if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
-        problems.append(("error", "tools", "tools must be a list of function schema objects", None))
+        problems.append(Problem("error", "tools", "tools must be a list of function schema objects"))
         return None
     return tools
 
@@ -230,19 +244,19 @@ def _system(row: dict, messages: list[dict]) -> list[dict]:
 
 def _check_chat(messages: list[dict], field: str, problems: list) -> None:
     if not any(m["role"] == "assistant" for m in messages):
-        problems.append(("error", field, "the conversation has no assistant turn, so there is nothing to train "
-                                         "on; add the answer", None))
+        problems.append(Problem("error", field, "the conversation has no assistant turn, so there is nothing to "
+                                                "train on; add the answer"))
     elif messages[-1]["role"] != "assistant":
-        problems.append(("error", f"{field}[{len(messages) - 1}]", "the conversation ends with a "
-                         f"{messages[-1]['role']} turn, not an assistant turn, so its last message would never "
-                         "be trained; remove it or add the answer", ("sft",)))
+        problems.append(Problem("error", f"{field}[{len(messages) - 1}]", "the conversation ends with a "
+                                f"{messages[-1]['role']} turn, not an assistant turn, so its last message would "
+                                "never be trained; remove it or add the answer", (Stage.SFT,)))
 
 
 def _side(value, field: str, problems: list, default_role: str, sharegpt: bool = False) -> list[dict] | None:
     """A prompt or answer given as a string, one message object or a message list."""
     if isinstance(value, str):
         if not value.strip():
-            problems.append(("error", field, f"{field} is empty; write the text", None))
+            problems.append(Problem("error", field, f"{field} is empty; write the text"))
             return None
         return [{"role": default_role, "content": value}]
     if isinstance(value, dict):
@@ -253,10 +267,10 @@ def _side(value, field: str, problems: list, default_role: str, sharegpt: bool =
             return norm_sharegpt(value, field, problems)
         return norm_messages(value, field, problems)
     if value is None:
-        problems.append(("error", field, f"{field} is missing; every row needs it", None))
+        problems.append(Problem("error", field, f"{field} is missing; every row needs it"))
     else:
-        problems.append(("error", field, f"{field} must be a string or a list of messages, got "
-                                         f"{_type_name(value)}", None))
+        problems.append(Problem("error", field, f"{field} must be a string or a list of messages, got "
+                                                f"{_type_name(value)}"))
     return None
 
 
@@ -264,51 +278,48 @@ def _answer(messages: list[dict] | None, field: str, problems: list) -> list[dic
     if messages is None:
         return None
     if messages[-1]["role"] != "assistant":
-        problems.append(("error", field, f"{field} must end with an assistant message, got "
-                                         f"{messages[-1]['role']}", None))
+        problems.append(Problem("error", field, f"{field} must end with an assistant message, got "
+                                                f"{messages[-1]['role']}"))
         return None
     return messages
 
 
 def normalise(fmt: str, row: dict, problems: list) -> dict | None:
-    """The canonical row of kind KIND[fmt], or None when the row has errors (appended to problems)."""
-    return _NORMALISERS[fmt](row, problems)
+    """The canonical row of kind FORMATS[fmt].kind, or None when the row has errors (appended to problems)."""
+    return FORMATS[fmt].normalise(row, problems)
+
+
+def _chat(row, problems, key, norm_turns):
+    """A chat row from its conversation column `key`, read by norm_messages or norm_sharegpt."""
+    messages = norm_turns(row.get(key), key, problems)
+    tools = _tools(row, problems)
+    if messages is None:
+        return None
+    messages = _system(row, messages)
+    _check_chat(messages, key, problems)
+    return {"messages": messages, "tools": tools} if tools else {"messages": messages}
 
 
 def _n_messages(row, problems):
-    key = "messages" if "messages" in row else "conversations"
-    messages = norm_messages(row.get(key), key, problems)
-    tools = _tools(row, problems)
-    if messages is None:
-        return None
-    messages = _system(row, messages)
-    _check_chat(messages, key, problems)
-    return {"messages": messages, "tools": tools} if tools else {"messages": messages}
+    return _chat(row, problems, "messages" if "messages" in row else "conversations", norm_messages)
 
 
 def _n_sharegpt(row, problems):
-    key = "conversations" if "conversations" in row else "messages"
-    messages = norm_sharegpt(row.get(key), key, problems)
-    tools = _tools(row, problems)
-    if messages is None:
-        return None
-    messages = _system(row, messages)
-    _check_chat(messages, key, problems)
-    return {"messages": messages, "tools": tools} if tools else {"messages": messages}
+    return _chat(row, problems, "conversations" if "conversations" in row else "messages", norm_sharegpt)
 
 
 def _text(row, key, problems, required=True):
     value = row.get(key)
     if value is None or value == "":
         if required:
-            problems.append(("error", key, f"{key} is {'missing' if value is None else 'empty'}; every row "
-                                           "needs it", None))
+            problems.append(Problem("error", key, f"{key} is {'missing' if value is None else 'empty'}; every row "
+                                                  "needs it"))
         return None
     if not isinstance(value, str):
-        problems.append(("error", key, f"{key} must be a string, got {_type_name(value)}", None))
+        problems.append(Problem("error", key, f"{key} must be a string, got {_type_name(value)}"))
         return None
     if required and not value.strip():
-        problems.append(("error", key, f"{key} is empty; write the text", None))
+        problems.append(Problem("error", key, f"{key} is empty; write the text"))
         return None
     return value
 
@@ -321,7 +332,7 @@ def _n_alpaca(row, problems):
     messages = []
     if not isinstance(history, list) or not all(isinstance(h, (list, tuple)) and len(h) == 2
                                                 and all(isinstance(x, str) for x in h) for h in history):
-        problems.append(("error", "history", "history must be a list of [question, answer] string pairs", None))
+        problems.append(Problem("error", "history", "history must be a list of [question, answer] string pairs"))
         return None
     if instruction is None or output is None:
         return None
@@ -339,8 +350,9 @@ def _n_prompt_completion(row, problems):
     if prompt is None or completion is None:
         return None
     if any(m["role"] == "assistant" for m in prompt):
-        problems.append(("warning", "prompt", "the prompt holds assistant turns, which SFT trains too; move "
-                                              "them out of the prompt if they should not be learned", ("sft",)))
+        problems.append(Problem("warning", "prompt", "the prompt holds assistant turns, which SFT trains too; "
+                                                     "move them out of the prompt if they should not be learned",
+                                (Stage.SFT,)))
     return {"messages": _system(row, prompt + completion)}
 
 
@@ -362,8 +374,8 @@ def _pair(row, problems, prompt, sharegpt=False):
         if len(chosen) > 1 and chosen[:-1] == rejected[:-1]:
             prompt, chosen, rejected = chosen[:-1], chosen[-1:], rejected[-1:]
         else:
-            problems.append(("error", "prompt", "prompt is missing and chosen/rejected do not share a prompt; "
-                                                "add a prompt column", None))
+            problems.append(Problem("error", "prompt", "prompt is missing and chosen/rejected do not share a "
+                                                       "prompt; add a prompt column"))
             return None
     if prompt is None:
         return None
@@ -373,8 +385,8 @@ def _pair(row, problems, prompt, sharegpt=False):
     if chosen is None or rejected is None:
         return None
     if chosen == rejected:
-        problems.append(("error", "rejected", "chosen and rejected are identical, so the pair teaches nothing; "
-                                              "fix one answer or remove the row", PREF_STAGES))
+        problems.append(Problem("error", "rejected", "chosen and rejected are identical, so the pair teaches "
+                                                     "nothing; fix one answer or remove the row", PREF_STAGES))
     out = {"prompt": _system(row, prompt), "chosen": chosen, "rejected": rejected}
     if tools:
         out["tools"] = tools
@@ -384,7 +396,7 @@ def _pair(row, problems, prompt, sharegpt=False):
 def _n_preference(row, problems):
     prompt = _side(row["prompt"], "prompt", problems, "user") if row.get("prompt") is not None else None
     if prompt is None and "prompt" in row and row["prompt"] is None:
-        problems.append(("error", "prompt", "prompt is missing; every row needs it", None))
+        problems.append(Problem("error", "prompt", "prompt is missing; every row needs it"))
         return None
     return _pair(row, problems, prompt)
 
@@ -417,23 +429,37 @@ def _n_kto(row, problems):
     label = parse_label(row.get("label"))
     if label is None:
         shown = json.dumps(row.get("label"), ensure_ascii=False)[:40]
-        problems.append(("error", "label", f"label must be true or false (or 1/0), got {shown}", None))
+        problems.append(Problem("error", "label", f"label must be true or false (or 1/0), got {shown}"))
     if prompt is None or completion is None or label is None:
         return None
     return {"prompt": _system(row, prompt), "completion": completion, "label": label}
 
 
-_NORMALISERS = {"messages": _n_messages, "sharegpt": _n_sharegpt, "alpaca": _n_alpaca,
-                "prompt_completion": _n_prompt_completion, "preference": _n_preference,
-                "sharegpt_preference": _n_sharegpt_preference, "kto": _n_kto}
+FORMATS: dict[str, Format] = {f.name: f for f in (
+    Format("messages", "OpenAI chat messages", Kind.CHAT, _n_messages),
+    Format("sharegpt", "ShareGPT conversations (from/value)", Kind.CHAT, _n_sharegpt),
+    Format("alpaca", "Alpaca instruction/input/output", Kind.CHAT, _n_alpaca),
+    Format("prompt_completion", "prompt/completion", Kind.CHAT, _n_prompt_completion),
+    Format("preference", "preference pairs (prompt/chosen/rejected)", Kind.PREFERENCE, _n_preference),
+    Format("sharegpt_preference", "ShareGPT preference pairs (conversations/chosen/rejected)", Kind.PREFERENCE,
+           _n_sharegpt_preference),
+    Format("kto", "KTO (prompt/completion/label)", Kind.KTO, _n_kto),
+)}
+
+
+def format_label(name: str | None, default: str | None = None) -> str | None:
+    """What the report calls a format: its label, else `default`, else the name itself."""
+    if name in FORMATS:
+        return FORMATS[name].label
+    return name if default is None else default
 
 
 def to_stage(canon: dict, kind: str, stage: str) -> list[dict]:
     """The rows a stage trains on for one canonical row (0, 1 or, for KTO from pairs, 2 rows)."""
-    if stage == "sft":
-        if kind == "chat":
+    if stage == Stage.SFT:
+        if kind == Kind.CHAT:
             return [canon]
-        if kind == "preference":
+        if kind == Kind.PREFERENCE:
             row = {"messages": canon["prompt"] + canon["chosen"]}
         elif canon["label"]:
             row = {"messages": canon["prompt"] + canon["completion"]}
@@ -442,12 +468,12 @@ def to_stage(canon: dict, kind: str, stage: str) -> list[dict]:
         if canon.get("tools"):
             row["tools"] = canon["tools"]
         return [row]
-    if stage in ("dpo", "orpo"):
-        return [canon] if kind == "preference" else []
-    if stage == "kto":
-        if kind == "kto":
+    if stage in (Stage.DPO, Stage.ORPO):
+        return [canon] if kind == Kind.PREFERENCE else []
+    if stage == Stage.KTO:
+        if kind == Kind.KTO:
             return [canon]
-        if kind == "preference":   # unpaired, as TRL does: chosen is desirable, rejected is not
+        if kind == Kind.PREFERENCE:   # unpaired, as TRL does: chosen is desirable, rejected is not
             return [{"prompt": canon["prompt"], "completion": canon["chosen"], "label": True},
                     {"prompt": canon["prompt"], "completion": canon["rejected"], "label": False}]
     return []
@@ -455,14 +481,14 @@ def to_stage(canon: dict, kind: str, stage: str) -> list[dict]:
 
 def incompatibility(kind: str, fmt: str, stage: str) -> str | None:
     """Why data of this kind cannot feed this stage (one sentence), or None."""
-    if kind in STAGE_KINDS[stage]:
+    if stage in Kind(kind).stages:
         return None
-    name = FORMATS.get(fmt, fmt)
-    if stage in ("dpo", "orpo"):
+    name = format_label(fmt)
+    if stage in (Stage.DPO, Stage.ORPO):
         return (f"{stage.upper()} needs a chosen and a rejected answer for each prompt, but this is {name} data "
                 "with a single answer per prompt (SFT data); use stage sft, or provide columns prompt, chosen "
                 "and rejected")
-    if stage == "kto":
+    if stage == Stage.KTO:
         return (f"KTO needs answers labelled good or bad, but this is {name} data without labels; use stage "
                 "sft, or provide columns prompt, completion and label (true/false)")
     return f"{stage} cannot use {name} data"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 
 from backend.data.render import render_conversation, tokenize_conversation
+from backend.vocab import Stage
 
 DEFAULT_PREVIEW_ROWS = 3
 
@@ -44,7 +45,7 @@ def _cut_char(tokenizer, text: str, max_length: int) -> tuple[int, int | None]:
 def preview_row(tokenizer, stage: str, row: dict, max_length: int) -> list[dict]:
     """Preview entries for one stage row (two for DPO / ORPO: chosen and rejected)."""
     tools = row.get("tools")
-    if stage == "sft":
+    if stage == Stage.SFT:
         rendered = render_conversation(tokenizer, row["messages"], tools)
         tokens = tokenize_conversation(tokenizer, row["messages"], max_length, tools=tools)
         _, cut = _cut_char(tokenizer, rendered.text, max_length)
@@ -55,7 +56,7 @@ def preview_row(tokenizer, stage: str, row: dict, max_length: int) -> list[dict]
     prompt_text = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True,
                                                 **kwargs)
     prompt_tokens = len(tokenizer(prompt_text, add_special_tokens=False)["input_ids"])
-    answers = ([("chosen", row["chosen"]), ("rejected", row["rejected"])] if stage in ("dpo", "orpo")
+    answers = ([("chosen", row["chosen"]), ("rejected", row["rejected"])] if stage in (Stage.DPO, Stage.ORPO)
                else [("desirable" if row["label"] else "undesirable", row["completion"])])
     out = []
     for label, answer in answers:
@@ -69,7 +70,7 @@ def preview_row(tokenizer, stage: str, row: dict, max_length: int) -> list[dict]
     return out
 
 
-def preview(spec, tokenizer, stage: str = "sft", n: int = DEFAULT_PREVIEW_ROWS, max_length: int = 512,
+def preview(spec, tokenizer, stage: str = Stage.SFT, n: int = DEFAULT_PREVIEW_ROWS, max_length: int = 512,
             column_mapping: dict | None = None) -> list[dict]:
     """The first n usable rows of a dataset for `stage`: [{"row", "answer", "segments", "tokens", ...}]."""
     from backend.data import DataError, scan_spec

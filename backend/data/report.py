@@ -1,7 +1,8 @@
 """The validation report: what was read, what is usable for which stage, and every problem with its place.
 
-Problems are grouped: the same message on the same field (list indexes ignored) is one entry with a count and
-the first few rows, so a 100k-row file with one systematic mistake gives one line, not 100k.
+A Problem is one finding without its row (the normalisers in formats produce them); the IssueLog adds the row
+and groups them: the same message on the same field (list indexes ignored) is one entry with a count and the
+first few rows, so a 100k-row file with one systematic mistake gives one line, not 100k.
 `row` is the 1-based line number for JSONL and CSV files and the 1-based item number for JSON arrays,
 Parquet files and saved datasets.
 """
@@ -12,8 +13,15 @@ import re
 from dataclasses import asdict, dataclass
 from dataclasses import field as dc_field
 
-STAGES = ("sft", "dpo", "orpo", "kto")
 FIRST_ROWS_KEPT = 5   # rows listed per grouped problem
+
+
+@dataclass(frozen=True)
+class Problem:
+    severity: str                          # "error" | "warning"
+    field: str | None                      # e.g. "messages[2].content"
+    message: str                           # one line: what is wrong and how to fix it (no row number)
+    stages: tuple[str, ...] | None = None  # stages the problem matters for (None: all)
 
 
 @dataclass
@@ -60,7 +68,7 @@ class IssueLog:
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = IssueGroup(severity, message, field, row, [],
-                                                   0, list(stages) if stages else None)
+                                                   0, [str(s) for s in stages] if stages else None)
         # one count per row: a row with the same problem in several messages counts once
         if row is None or row != group._last_row:
             group.count += 1
@@ -74,6 +82,9 @@ class IssueLog:
                 self.bad_rows[row] = set(stages)
             elif self.bad_rows[row] is not None:
                 self.bad_rows[row].update(stages)
+
+    def record(self, problem: Problem, row: int | None = None) -> None:
+        self.add(problem.severity, problem.message, row, problem.field, problem.stages)
 
     def error(self, message, row=None, field=None, stages=None):
         self.add("error", message, row, field, stages)

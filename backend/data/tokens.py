@@ -11,6 +11,7 @@ import json
 import os
 
 from backend.data.render import TemplateError, tokenize_conversation
+from backend.vocab import Stage
 
 PARALLEL_MIN_ROWS = 2000      # below this, starting worker processes costs more than it saves
 
@@ -35,12 +36,12 @@ def _render(tokenizer, messages, tools=None, add_generation_prompt=False) -> str
 def measure_row(tokenizer, stage: str, row: dict, max_length: int) -> dict:
     """{"length": tokens before truncation, "lost": no trained token survives max_length, "error": str|None}."""
     try:
-        if stage == "sft":
+        if stage == Stage.SFT:
             out = tokenize_conversation(tokenizer, row["messages"], max_length, tools=row.get("tools"))
             return {"length": out["length"], "lost": not any(out["assistant_masks"]), "error": None}
         tools = row.get("tools")
         prompt_len = _ids(tokenizer, _render(tokenizer, row["prompt"], tools, add_generation_prompt=True))
-        answers = [row["chosen"], row["rejected"]] if stage in ("dpo", "orpo") else [row["completion"]]
+        answers = [row["chosen"], row["rejected"]] if stage in (Stage.DPO, Stage.ORPO) else [row["completion"]]
         length = max(_ids(tokenizer, _render(tokenizer, row["prompt"] + a, tools)) for a in answers)
         return {"length": length, "lost": prompt_len >= max_length, "error": None}
     except TemplateError as exc:

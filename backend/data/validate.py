@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.data import formats
+from backend.data.formats import Kind
 from backend.data.readers import FileRejected, Record, content_hash, inspect_file, read_records
-from backend.data.report import STAGES, IssueLog, StageCompat, ValidationReport
+from backend.data.report import IssueLog, Problem, StageCompat, ValidationReport
+from backend.vocab import Stage
 
 MIN_ROWS = 10            # fewer usable rows than this is not a training set
 DETECT_SAMPLE = 100      # rows looked at to decide the format
@@ -29,7 +31,7 @@ class Scan:
     """A validated dataset: the report plus the canonical rows (with their source row numbers)."""
     report: ValidationReport
     log: IssueLog
-    kind: str | None = None
+    kind: Kind | None = None
     rows: list[tuple[int, dict]] = field(default_factory=list)
 
     def stage_rows(self, stage: str, skip_invalid: bool = True) -> list[dict]:
@@ -47,11 +49,11 @@ class Scan:
     def count_stage_rows(self, stage: str) -> int:
         """len(stage_rows(stage)) without building the rows."""
         ok = [canon for n, canon in self.rows if self.log.row_ok(n, stage)]
-        if stage == "sft" and self.kind == "kto":
+        if stage == Stage.SFT and self.kind == Kind.KTO:
             return sum(1 for canon in ok if canon["label"])
-        if stage == "kto" and self.kind == "preference":
+        if stage == Stage.KTO and self.kind == Kind.PREFERENCE:
             return 2 * len(ok)
-        return len(ok) if self.kind in formats.STAGE_KINDS[stage] else 0
+        return len(ok) if self.kind is not None and stage in self.kind.stages else 0
 
 
 def split_sizes(n: int, eval_fraction: float) -> tuple[int, int]:
@@ -96,10 +98,10 @@ def _read_rows(result: Scan, records, mapping, format_name) -> None:
                         "if that is not intended", rec.row)
         else:
             seen.add(key)
-        problems: list = []
+        problems: list[Problem] = []
         canon = formats.normalise(fmt, data, problems)
-        for severity, where, message, stages in problems:
-            log.add(severity, message, rec.row, where, stages)
+        for problem in problems:
+            log.record(problem, rec.row)
         if canon is not None:
             rows.append((rec.row, canon))
 
@@ -115,7 +117,7 @@ def _read_rows(result: Scan, records, mapping, format_name) -> None:
             if fmt is None:
                 log.error(reason)
                 return False
-        kind = formats.KIND[fmt]
+        kind = formats.FORMATS[fmt].kind
         for rec in buffer:
             handle(rec)
         buffer.clear()
@@ -140,7 +142,7 @@ def _read_rows(result: Scan, records, mapping, format_name) -> None:
             log.error("the file holds no rows; add at least 10 rows")
     report.rows = count
     report.columns = list(columns)
-    report.format, report.kind = fmt, kind
+    report.format, report.kind = fmt, (kind.value if kind else None)
     result.kind = kind
     report.usable_rows = sum(1 for n, _ in rows if n not in log.bad_rows or log.bad_rows[n] is not None)
 
@@ -149,10 +151,11 @@ def finish(result: Scan, stage: str | None = None, tokenizer=None, max_length: i
            eval_fraction: float = DEFAULT_EVAL_FRACTION) -> ValidationReport:
     """Stage compatibility, size checks, token lengths and stats: completes result.report."""
     report, log, kind = result.report, result.log, result.kind
-    if stage is not None and stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}")
+    if stage is not None and stage not in Stage.values():
+        raise ValueError(f"unknown stage {stage!r}; use one of {', '.join(Stage.values())}")
+    stage = None if stage is None else str(stage)      # a Stage member too: the report holds plain strings
     report.stage, report.max_length, report.eval_fraction = stage, max_length, eval_fraction
-    target = stage or (formats.NATURAL_STAGE[kind] if kind else None)
+    target = stage or (kind.natural_stage.value if kind else None)
     if kind:
         _stats(result)
         if stage and formats.incompatibility(kind, report.format, stage):
@@ -179,7 +182,7 @@ def finish(result: Scan, stage: str | None = None, tokenizer=None, max_length: i
     elif stage and not log.groups("error"):
         log.error("the dataset format could not be detected")
     file_error = next((g for g in log.groups("error") if g.row is None and g.stages is None), None)
-    for name in STAGES:
+    for name in Stage.values():
         report.stages[name] = _compat(result, name, file_error)
     report.errors = log.groups("error")
     report.warnings = log.groups("warning")
@@ -205,11 +208,11 @@ def _compat(result: Scan, stage: str, file_error) -> StageCompat:
     if n < MIN_ROWS:
         return StageCompat(False, n, f"only {n} usable rows for {stage.upper()}; at least {MIN_ROWS} are needed")
     note = None
-    if kind == "preference" and stage == "sft":
+    if kind == Kind.PREFERENCE and stage == Stage.SFT:
         note = "SFT trains on the chosen answers; rejected answers are ignored"
-    elif kind == "kto" and stage == "sft":
+    elif kind == Kind.KTO and stage == Stage.SFT:
         note = "SFT trains on the rows labelled true only"
-    elif kind == "preference" and stage == "kto":
+    elif kind == Kind.PREFERENCE and stage == Stage.KTO:
         note = "each pair becomes two KTO rows: chosen labelled true, rejected labelled false"
     return StageCompat(True, n, note)
 
@@ -259,9 +262,9 @@ def _stats(result: Scan) -> None:
     counts = []
     desirable = undesirable = 0
     for _, canon in result.rows:
-        if kind == "chat":
+        if kind == Kind.CHAT:
             counts.append(len(canon["messages"]))
-        elif kind == "preference":
+        elif kind == Kind.PREFERENCE:
             counts.append(len(canon["prompt"]) + 1)
         else:
             counts.append(len(canon["prompt"]) + len(canon["completion"]))
@@ -271,9 +274,9 @@ def _stats(result: Scan) -> None:
                 undesirable += 1
     if counts:
         report.turns = {"min": min(counts), "mean": round(sum(counts) / len(counts), 2), "max": max(counts)}
-    if kind == "kto":
+    if kind == Kind.KTO:
         report.label_balance = {"desirable": desirable, "undesirable": undesirable}
         total = desirable + undesirable
         if total and min(desirable, undesirable) / total < 0.1:
             result.log.warning(f"labels are unbalanced ({desirable} true, {undesirable} false); KTO works best "
-                               "with both kinds, or adjust desirable/undesirable weights", stages=("kto",))
+                               "with both kinds, or adjust desirable/undesirable weights", stages=(Stage.KTO,))

@@ -1,16 +1,29 @@
-"""Training stages: one readable file each, every one a top-to-bottom `run(config, run_dir, callbacks)`.
+"""Training stages: each one a recipe file (what differs), all trained by one harness (what they share).
 
-Modules are imported on demand so that importing the config (e.g. in the UI) does not pull in trl.
+A new stage is one recipe module plus one line in RECIPES. Modules are imported on demand so that importing
+the config (e.g. in the UI) does not pull in trl.
 """
 from __future__ import annotations
 
 import importlib
 
-STAGE_MODULES = {"sft": "backend.stages.sft", "dpo": "backend.stages.dpo", "orpo": "backend.stages.orpo",
-                 "kto": "backend.stages.kto"}
-AVAILABLE_STAGES = tuple(STAGE_MODULES)
+from backend.vocab import Stage
+
+RECIPES = {
+    Stage.SFT: "backend.stages.sft",
+    Stage.DPO: "backend.stages.dpo",
+    Stage.ORPO: "backend.stages.orpo",
+    Stage.KTO: "backend.stages.kto",
+}
 
 
-def get_runner(stage: str):
-    """The `run` function of a stage."""
-    return importlib.import_module(STAGE_MODULES[stage]).run
+def recipe_for(stage):
+    """The recipe of a stage (a Stage or its name)."""
+    return importlib.import_module(RECIPES[Stage(stage)]).RECIPE
+
+
+def train(config, run_dir, hooks=None, job_id: str = "", callbacks=()) -> dict:
+    """Train a job's stage in this process (see backend.stages.harness.train)."""
+    from backend.stages import harness
+
+    return harness.train(config, run_dir, hooks=hooks, job_id=job_id, callbacks=callbacks)

@@ -1,6 +1,6 @@
-"""What every stage shares: precision, the base model with its adapter, the eval split, saving.
-
-Kept flat on purpose: each stage file calls these in order, top to bottom.
+"""The training utilities every stage shares: precision, the base model with its adapter, the training
+arguments, the eval split, the reference policy, saving. The harness (backend.stages.harness) calls them in
+order; a recipe calls the few it needs (prompt_fits, allow_reference_copy, choose_reference).
 """
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import logging
 import shutil
 from pathlib import Path
 
-from backend import methods, models
+from backend import models
 from backend.config import JobConfig
+from backend.models import methods
+from backend.vocab import Precision
 
 log = logging.getLogger("lorastudio")
 
@@ -23,10 +25,10 @@ def precision_flags(config: JobConfig) -> dict:
 
     choice = config.training.precision
     cuda = torch.cuda.is_available()
-    if choice == "auto":
-        choice = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
-    return {"bf16": choice == "bf16", "fp16": choice == "fp16", "dtype": dtype, "use_cpu": not cuda}
+    if choice == Precision.AUTO:
+        choice = Precision.BF16 if cuda and torch.cuda.is_bf16_supported() else Precision.FP32
+    dtype = {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}[choice]
+    return {"bf16": choice == Precision.BF16, "fp16": choice == Precision.FP16, "dtype": dtype, "use_cpu": not cuda}
 
 
 def load_peft_model(config: JobConfig, run_dir: Path, dtype):
@@ -55,8 +57,8 @@ def load_peft_model(config: JobConfig, run_dir: Path, dtype):
     if config.init_adapter:
         model = PeftModel.from_pretrained(base, init_adapter_dir(config.init_adapter), is_trainable=True)
     else:
-        model = get_peft_model(base, plan.lora_config)
-        if config.method == "pissa":
+        model = get_peft_model(base, plan.peft_config)
+        if methods.spec(config.method).converts_at_save:
             pissa_init_dir = run_dir / "pissa-init"
             adapter = model.peft_config["default"]
             init = adapter.init_lora_weights
@@ -80,10 +82,10 @@ def check_init_adapter(config: JobConfig) -> None:
     """Before anything loads: a chained job must start from a finished job trained on the same base model."""
     if not config.init_adapter:
         return
-    from backend.card import read_card_facts
+    from backend.jobs.card import read_run_facts
 
     adapter_dir = init_adapter_dir(config.init_adapter)
-    parent = read_card_facts(adapter_dir.parent / "card.md").get("base_model") or {}
+    parent = read_run_facts(adapter_dir.parent).get("base_model") or {}
     info = models.resolve(config.model)
     ours, theirs = info.weights_sha256, parent.get("weights_sha256")
     if parent.get("name") and parent["name"] != info.name and not (ours and ours == theirs):
@@ -91,8 +93,8 @@ def check_init_adapter(config: JobConfig) -> None:
                          f"{info.name}; choose a job of the same base model or set model: {parent['name']}")
 
 
-def preference_args(config: JobConfig, run_dir: Path, precision: dict, has_eval: bool) -> dict:
-    """TrainingArguments shared by the preference stages (DPO, ORPO, KTO), as keyword arguments.
+def training_args(config: JobConfig, run_dir: Path, precision: dict, has_eval: bool) -> dict:
+    """TrainingArguments every stage's TRL config takes, as keyword arguments (a recipe adds its own).
 
     Everything is set explicitly: TRL's preference configs default to bf16 and gradient checkpointing on, which
     would silently override the job's settings.
@@ -121,7 +123,6 @@ def preference_args(config: JobConfig, run_dir: Path, precision: dict, has_eval:
         use_cpu=precision["use_cpu"],
         gradient_checkpointing=settings.gradient_checkpointing,
         max_length=settings.max_length,
-        beta=config.alignment.beta,
         include_num_input_tokens_seen="non_padding",
         logging_nan_inf_filter=False,  # a NaN loss must reach the NaN guard, not be filtered out
         report_to=[],
@@ -171,19 +172,10 @@ def choose_reference(model, config: JobConfig) -> str:
         return "base model (adapter disabled)"
     if config.init_adapter:
         return f"base + adapter of job {config.init_adapter} (frozen copy)"
-    if config.method == "pissa":
+    if methods.spec(config.method).converts_at_save:
         return "base + initial PiSSA adapter (frozen copy)"
     model.delete_adapter("ref")
     return "base model (adapter disabled)"
-
-
-def last_values(metrics: list[dict], keys) -> dict:
-    """The last logged training value of each key (eval_ keys are logged under their own names)."""
-    values = {}
-    for key in keys:
-        logged = [m[key] for m in metrics if isinstance(m.get(key), (int, float)) and "loss" in m]
-        values[key] = logged[-1] if logged else None
-    return values
 
 
 def loraplus_optimizer(model, config: JobConfig):

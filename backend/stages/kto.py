@@ -6,137 +6,58 @@ TRL keeps the batches in a fixed order: the rows are shuffled here, once, with t
 alignment.desirable_weight / undesirable_weight balance the two kinds: KTO expects
 desirable rows x desirable_weight : undesirable rows x undesirable_weight between 1 and 4/3; outside that a
 warning says which weight to set. The reference is the same as DPO's (common.choose_reference).
-
-Top to bottom: data (before anything heavy) -> tokenizer, rows whose prompt leaves no room for an answer
-skipped -> label balance -> split -> model + adapter -> TRL KTOTrainer with the studio callbacks -> adapter +
-card. Returns the results the job record keeps.
 """
 from __future__ import annotations
 
-import json
 import logging
 import random
-import time
-from pathlib import Path
 
-from backend import data as datasets_backend
-from backend import models
-from backend.callbacks import (CheckpointMarkerCallback, HooksCallback, JobHooks, MetricsCallback,
-                               NanGuardCallback, latest_complete_checkpoint, read_metrics)
-from backend.card import write_card
 from backend.config import JobConfig
 from backend.stages import common
+from backend.stages.recipe import BuiltTrainer, PreferenceRecipe
+from backend.vocab import Stage
 
 log = logging.getLogger("lorastudio")
 
-REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "kl")
 # KTO paper: desirable x weight / (undesirable x weight) should lie in [1, 4/3]
 BALANCE_RANGE = (1.0, 4 / 3)
 
 
-def run(config: JobConfig, run_dir: Path, hooks: JobHooks | None = None, job_id: str = "") -> dict:
-    started = time.monotonic()
-    hooks = hooks or JobHooks()
-    run_dir = Path(run_dir)
+class KTORecipe(PreferenceRecipe):
+    stage = Stage.KTO
+    unit = "rows"
+    answer_fields = ("completion", "label")
+    result_keys = ("rewards/chosen", "rewards/rejected", "rewards/margins", "kl")
 
-    if config.training.batch_size < 2:
-        raise ValueError("training.batch_size: KTO needs at least 2 rows per step (its KL estimate pairs each "
-                         "prompt with another row's answer); set batch_size to 2 or more")
+    def check(self, config: JobConfig) -> None:
+        if config.training.batch_size < 2:
+            raise ValueError("training.batch_size: KTO needs at least 2 rows per step (its KL estimate pairs each "
+                             "prompt with another row's answer); set batch_size to 2 or more")
 
-    # 1. Data first: a wrong dataset (or a missing init_adapter) fails here, before the model loads.
-    dataset = datasets_backend.load_for_stage(config.dataset, "kto")
-    common.check_init_adapter(config)
-    tokenizer = models.load_tokenizer(config.model, config.chat_template)
-    examples, dropped = [], 0
-    for row in dataset.rows:
-        if not common.prompt_fits(tokenizer, row["prompt"], config.training.max_length, row.get("tools")):
-            dropped += 1  # the prompt alone fills max_length: no answer token would be compared
-            continue
-        example = {"prompt": row["prompt"], "completion": row["completion"], "label": bool(row["label"])}
-        if row.get("tools"):
-            example["tools"] = json.dumps(row["tools"])  # TRL parses a JSON string; keeps the columns uniform
-        examples.append(example)
-    if dropped:
-        log.warning("%d rows have prompts longer than max_length=%d and are skipped", dropped,
-                    config.training.max_length)
-    if not examples:
-        raise datasets_backend.DataError(
-            f"all {len(dataset.rows)} prompts of dataset '{dataset.id}' fill training.max_length="
-            f"{config.training.max_length}; raise training.max_length")
-    balance = label_balance(examples, config)
-    train_rows, eval_rows = common.split_rows(common.uniform_tools(examples), config.training.eval_fraction,
-                                              config.training.seed)
-    random.Random(config.training.seed).shuffle(train_rows)  # mixed labels in every (fixed-order) batch
-    log.info("dataset %s: %d rows (%d desirable, %d undesirable), %d train, %d eval", dataset.id,
-             len(dataset.rows), balance["desirable"], balance["undesirable"], len(train_rows), len(eval_rows))
+    def example(self, config: JobConfig, tokenizer, row: dict) -> dict | None:
+        example = super().example(config, tokenizer, row)
+        if example is not None:
+            example["label"] = bool(example["label"])
+        return example
 
-    # 2. Model with its adapter (the SFT job's when chained).
-    precision = common.precision_flags(config)
-    model, model_info, pissa_init_dir = common.load_peft_model(config, run_dir, precision["dtype"])
-    common.allow_reference_copy(model)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info("model %s (%s), method %s: %d trainable parameters", model_info.name, model_info.architecture,
-             config.method, trainable)
+    def arrange(self, config: JobConfig, examples: list[dict], train_rows: list[dict]) -> dict:
+        balance = label_balance(examples, config)
+        random.Random(config.training.seed).shuffle(train_rows)  # mixed labels in every (fixed-order) batch
+        log.info("labels: %d desirable, %d undesirable", balance["desirable"], balance["undesirable"])
+        return {"label_balance": balance}
 
-    # 3. Trainer.
-    from datasets import Dataset
+    def build_trainer(self, config: JobConfig, model, args: dict, inputs: dict, precision: dict) -> BuiltTrainer:
+        from trl import KTOConfig, KTOTrainer
 
-    args = common.preference_args(config, run_dir, precision, bool(eval_rows))
-    trainer_kwargs = dict(
-        model=model,
-        train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
-        processing_class=tokenizer,
-        optimizers=(common.loraplus_optimizer(model, config), None),
-        callbacks=[MetricsCallback(run_dir / "metrics.jsonl"), CheckpointMarkerCallback(),
-                   NanGuardCallback(), HooksCallback(hooks)],
-    )
-    from trl import KTOConfig, KTOTrainer
+        common.allow_reference_copy(model)
+        kto_args = KTOConfig(desirable_weight=config.alignment.desirable_weight,
+                             undesirable_weight=config.alignment.undesirable_weight,
+                             **self.preference_args(config, args))
+        trainer = KTOTrainer(args=kto_args, **inputs)
+        return BuiltTrainer(trainer, common.choose_reference(model, config))
 
-    trainer = KTOTrainer(args=KTOConfig(desirable_weight=config.alignment.desirable_weight,
-                                        undesirable_weight=config.alignment.undesirable_weight, **args),
-                         **trainer_kwargs)
-    reference = common.choose_reference(model, config)
-    log.info("reference policy: %s", reference)
 
-    # 4. Train (from the newest complete checkpoint when the job is resumed).
-    resume = latest_complete_checkpoint(run_dir / "checkpoints")
-    if resume:
-        log.info("resuming from %s", resume.name)
-    if hooks.on_model:
-        hooks.on_model(model, "before_train")
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    if hooks.on_model:
-        hooks.on_model(model, "after_train")
-    if hooks.stop_reason:
-        return {"stopped": hooks.stop_reason, "steps": trainer.state.global_step}
-    if eval_rows and trainer.state.global_step % config.training.eval_steps != 0:
-        trainer.evaluate()  # a final eval loss for the card
-
-    # 5. Adapter, card, results.
-    if not trainer.is_world_process_zero():  # under DDP only rank 0 writes the adapter and the card
-        return {"steps": trainer.state.global_step}
-    adapter_dir = common.save_adapter(model, tokenizer, run_dir, pissa_init_dir)
-    metrics = read_metrics(run_dir / "metrics.jsonl")
-    losses = [m["loss"] for m in metrics if isinstance(m.get("loss"), float)]
-    eval_losses = [m["eval_loss"] for m in metrics if isinstance(m.get("eval_loss"), float)]
-    results = {
-        "steps": trainer.state.global_step,
-        "first_train_loss": losses[0] if losses else None,
-        "final_train_loss": losses[-1] if losses else None,
-        "final_eval_loss": eval_losses[-1] if eval_losses else None,
-        **{"final_" + key.replace("/", "_"): value for key, value in common.last_values(metrics, REWARD_KEYS).items()},
-        "reference": reference,
-        "label_balance": balance,
-        "trainable_parameters": trainable,
-        "wall_time_s": round(time.monotonic() - started, 2),
-        "adapter_dir": str(adapter_dir),
-    }
-    rows = {"rows": len(dataset.rows), "train_rows": len(train_rows), "eval_rows": len(eval_rows),
-            "dropped_rows": dropped}
-    write_card(run_dir / "card.md", job_id=job_id or run_dir.name, config=config, model_info=model_info,
-               dataset=dataset, rows=rows, results=results)
-    return results
+RECIPE = KTORecipe()
 
 
 def label_balance(rows: list[dict], config: JobConfig) -> dict:

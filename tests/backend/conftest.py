@@ -7,7 +7,8 @@ import pytest
 def finished_job(model: str, method: str = "lora", steps: int = 3, lr: float = 2e-2, seed: int = 42) -> str:
     """Train a real adapter (a few steps, a high learning rate so it visibly moves the model) and record the
     job as completed, as the worker would."""
-    from backend import jobs, runner
+    from backend import jobs
+    from backend.jobs import runner
     from backend.config import JobConfig
 
     config = JobConfig.from_dict({

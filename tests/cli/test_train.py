@@ -52,7 +52,7 @@ def test_quickstart_teaches_the_bundled_model_a_new_identity(quickstart_home, qu
     from peft import PeftModel
 
     from backend import models
-    from backend.chat import answer
+    from backend.serve.chat import answer
 
     tokenizer = models.load_tokenizer("smollm2-135m-instruct")
     model = PeftModel.from_pretrained(models.load_model("smollm2-135m-instruct"), run_dir / "adapter")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.plugins.studio_faults import fault_env
+
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
@@ -99,7 +101,7 @@ def test_data_train_jobs_reload_in_the_browser(browser, tiny_model, workspace):
     broken = workspace / "uploads" / "broken.jsonl"
     broken.write_text(demo_file.read_text().rstrip("\n") + "\n{this is not json\n")
     # each step sleeps 1 s (test hook), so the job is seen running and survives a reload mid-job
-    process, url = start_app(workspace, env_extra={"LORASTUDIO_FAULT": "slow_steps:1.0"})
+    process, url = start_app(workspace, env_extra=fault_env("slow_steps:1.0"))
     try:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)

@@ -7,9 +7,12 @@ import json
 
 import pytest
 
-from backend import jobs, playground, runner
-from backend.chat import GenerationSettings
+from backend import jobs
+from backend.serve import playground
+from backend.jobs import runner
+from backend.serve.chat import GenerationSettings
 from backend.config import JobConfig
+from ui import common
 from ui import playground_tab as pg
 from ui.common import UserError, readable
 
@@ -41,10 +44,10 @@ def short() -> GenerationSettings:
 
 def test_only_jobs_with_an_adapter_are_offered(job_id, tiny_model):
     queued = jobs.create(JobConfig.from_dict({"model": tiny_model}))
-    choices = pg.usable_job_choices()
+    choices = common.usable_job_choices()
     assert [value for _, value in choices] == [job_id]
     assert "completed" in choices[0][0] and "final adapter" in choices[0][0]
-    assert pg.pick(choices, "gone") == job_id and pg.pick(choices, None, 1) == job_id
+    assert common.pick(choices, "gone") == job_id and common.pick(choices, None, 1) == job_id
     assert queued.id not in [value for _, value in choices]
 
 

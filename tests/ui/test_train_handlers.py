@@ -38,7 +38,7 @@ def test_previews_show_yaml_and_the_equivalent_command():
 
 
 def test_estimate_grows_with_batch_and_qlora_shrinks_weights():
-    from backend import estimate as estimate_draft
+    from backend.models import estimate as estimate_draft
     small = JobConfig.from_dict({"training": {"batch_size": 1}})
     big = JobConfig.from_dict({"training": {"batch_size": 16}})
     q = JobConfig.from_dict({"method": "qlora", "training": {"batch_size": 1}})

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from backend import jobs
-from backend.callbacks import read_metrics
+from backend.metrics import read_records as read_metrics
 from backend.config import JobConfig
 
 

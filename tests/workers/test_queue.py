@@ -8,8 +8,9 @@ import sys
 
 from backend import jobs
 from tests.workers.conftest import complete_checkpoints, job_status, loss_steps, wait_until
+from tests.plugins.studio_faults import fault_env
 
-SLOW = {"LORASTUDIO_FAULT": "slow_steps:0.4"}
+SLOW = fault_env("slow_steps:0.4")
 
 
 def test_queued_job_completes_and_metrics_stream_while_running(start_worker, submit):
@@ -118,7 +119,7 @@ def test_duplicate_enqueue_runs_once(start_worker, submit):
 
 def test_a_job_that_crashes_every_attempt_ends_failed_after_3(start_worker, submit):
     job_id = submit(save_steps=100)
-    start_worker(LORASTUDIO_FAULT="crash_at_step:2")
+    start_worker(**fault_env("crash_at_step:2"))
     wait_until(lambda: job_status(job_id) == "failed", timeout=300, what="the job to fail")
     job = jobs.get(job_id)
     assert job.attempts == 3
@@ -127,7 +128,7 @@ def test_a_job_that_crashes_every_attempt_ends_failed_after_3(start_worker, subm
 
 def test_nan_at_step_3_fails_with_that_reason(start_worker, submit):
     job_id = submit()
-    start_worker(LORASTUDIO_FAULT="nan_at_step:3")
+    start_worker(**fault_env("nan_at_step:3"))
     wait_until(lambda: job_status(job_id) == "failed", what="the job to fail")
     job = jobs.get(job_id)
     assert job.reason == "loss became nan at step 3; try a lower learning rate"

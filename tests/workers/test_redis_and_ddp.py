@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from backend import jobs
 from tests.workers.conftest import complete_checkpoints, job_status, loss_steps, wait_until
+from tests.plugins.studio_faults import fault_env
 
-SLOW = {"LORASTUDIO_FAULT": "slow_steps:0.4"}
+SLOW = fault_env("slow_steps:0.4")
 
 
 def test_redis_queue_happy_path_and_kill_9(redis_url, monkeypatch, start_worker, submit):

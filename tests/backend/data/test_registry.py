@@ -56,13 +56,13 @@ def test_unusable_upload_is_refused_with_the_reason(tmp_path):
 
 def test_demo_datasets_are_registered_at_first_start():
     from backend.data.demo import DEMO_DATASETS
-    from backend.data.formats import NATURAL_STAGE
+    from backend.data.formats import Kind
 
     assert ensure_demo_datasets() == list(DEMO_DATASETS)
     demos = list_datasets()
     assert sorted(d["id"] for d in demos) == sorted(DEMO_DATASETS)
     for demo in demos:   # every demo is usable for the stage its shape is made for
-        assert demo["demo"] and demo["stages"][NATURAL_STAGE[demo["kind"]]], demo
+        assert demo["demo"] and demo["stages"][Kind(demo["kind"]).natural_stage], demo
     assert ensure_demo_datasets() == list(DEMO_DATASETS)     # idempotent
     assert len(list_datasets()) == len(DEMO_DATASETS)
     assert dataset_info("identity-demo")["report"]["format"] == "messages"

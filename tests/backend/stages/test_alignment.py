@@ -10,11 +10,12 @@ import math
 import pytest
 import torch
 
-from backend.callbacks import JobHooks, read_metrics
-from backend.card import read_card_facts
+from backend.jobs.card import read_run_facts
+from backend.metrics import read_records as read_metrics
 from backend.config import JobConfig
 from backend.data import DataError
-from backend.stages import dpo, get_runner, kto, orpo, sft
+from backend import stages
+from tests.backend.stages.model_probe import probes
 
 STAGE_DATA = {"dpo": "concise-pairs", "orpo": "concise-pairs", "kto": "concise-kto"}
 STAGE_METRICS = {
@@ -50,7 +51,7 @@ def tiny_config(model: str, stage: str, **overrides) -> JobConfig:
 def run_stage(config: JobConfig, workspace, job_id: str, on_model=None) -> tuple[dict, object]:
     run_dir = workspace / "runs" / job_id
     run_dir.mkdir(parents=True)
-    results = get_runner(config.stage)(config, run_dir, hooks=JobHooks(on_model=on_model), job_id=job_id)
+    results = stages.train(config, run_dir, job_id=job_id, callbacks=probes(on_model))
     return results, run_dir
 
 
@@ -116,7 +117,8 @@ def test_stage_trains_each_method(stage, method, tiny_model, workspace, smol_tok
     adapter = run_dir / "adapter"
     assert (adapter / "adapter_config.json").exists() and not (adapter / "ref").exists()
     assert (run_dir / "checkpoints" / "checkpoint-2" / "COMPLETE").exists()
-    facts = read_card_facts(run_dir / "card.md")
+    facts = read_run_facts(run_dir)
+    assert (run_dir / "run.json").is_file() and facts["results"]["steps"] == 2
     assert facts["stage"] == stage and facts["lineage"] == ["tiny-llama", f"{stage} {job_id}"]
     assert facts["hyperparameters"]["alignment"]["beta"] == 0.1
 
@@ -175,7 +177,7 @@ def test_dpo_chained_on_sft_starts_from_its_adapter(tiny_model, workspace):
     first = train_records(run_dir)[0]
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-4)
 
-    facts = read_card_facts(run_dir / "card.md")
+    facts = read_run_facts(run_dir)
     assert facts["lineage"] == ["tiny-llama", "sft job-sft", "dpo job-dpo"]
     assert facts["init_adapter"] == "job-sft"
     assert "tiny-llama -> sft job-sft -> dpo job-dpo" in (run_dir / "card.md").read_text()
@@ -237,6 +239,10 @@ def test_kto_needs_two_rows_per_step(workspace, monkeypatch):
         run_stage(config, workspace, "job-kto-batch")
 
 
-def test_stage_modules_are_registered():
-    assert get_runner("dpo") is dpo.run and get_runner("orpo") is orpo.run and get_runner("kto") is kto.run
-    assert get_runner("sft") is sft.run
+def test_every_stage_has_a_registered_recipe():
+    from backend.stages import dpo, kto, orpo, recipe_for, sft
+    from backend.vocab import Stage
+
+    assert recipe_for("dpo") is dpo.RECIPE and recipe_for("orpo") is orpo.RECIPE and recipe_for("kto") is kto.RECIPE
+    assert recipe_for(Stage.SFT) is sft.RECIPE
+    assert all(recipe_for(stage).stage == stage for stage in Stage)

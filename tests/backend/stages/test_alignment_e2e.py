@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from backend.callbacks import read_metrics
+from backend import stages
 from backend.config import JobConfig
-from backend.stages import get_runner
+from backend.metrics import read_records as read_metrics
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +40,7 @@ def e2e_config(stage: str, steps: int) -> JobConfig:
 def train(stage: str, steps: int, workspace) -> tuple[dict, list[dict]]:
     run_dir = workspace / "runs" / f"job-e2e-{stage}"
     run_dir.mkdir(parents=True)
-    results = get_runner(stage)(e2e_config(stage, steps), run_dir, job_id=run_dir.name)
+    results = stages.train(e2e_config(stage, steps), run_dir, job_id=run_dir.name)
     records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
     assert results["steps"] == steps and len(records) == steps
     return results, records

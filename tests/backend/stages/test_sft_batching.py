@@ -11,7 +11,7 @@ import transformers.trainer
 
 from backend.config import JobConfig, resolve_batching
 from backend.data.render import tokenize_conversation
-from backend.stages import sft
+from backend import stages
 
 
 def test_auto_resolves_per_device(monkeypatch):
@@ -53,7 +53,7 @@ def test_each_mode_trains_assistant_tokens_only(mode, tiny_model, smol_tokenizer
     config = JobConfig.from_dict({"model": tiny_model, "dataset": str(data), "lora": {"r": 4, "alpha": 8},
                                   "training": {"max_steps": 3, "batch_size": 4, "max_length": 256,
                                                "eval_fraction": 0.0, "save_steps": 100, "batching": mode}})
-    sft.run(config, workspace / "runs" / mode, job_id=mode)
+    stages.train(config, workspace / "runs" / mode, job_id=mode)
 
     assert batches and (len(samplers) > 0) == (mode == "group_by_length")
     for batch in batches:

@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from backend.callbacks import JobHooks, read_metrics
+from backend import stages
 from backend.config import JobConfig
-from backend.stages import sft
+from backend.metrics import read_records as read_metrics
+from tests.backend.stages.model_probe import probes
 
 METHOD_CASES = {
     "lora": {"method": "lora"},
@@ -65,7 +66,7 @@ def test_method_trains_only_the_adapter(case, tiny_model, workspace, smol_tokeni
 
     run_dir = workspace / "runs" / f"job-{case}"
     run_dir.mkdir(parents=True)
-    results = sft.run(config, run_dir, hooks=JobHooks(on_model=on_model), job_id=f"job-{case}")
+    results = stages.train(config, run_dir, job_id=f"job-{case}", callbacks=probes(on_model))
     assert results["steps"] == 3
 
     before, after = states["before_train"], states["after_train"]
@@ -158,7 +159,7 @@ def test_rows_whose_answer_is_truncated_away_are_counted(tiny_model, workspace):
                          training={"max_length": 128, "max_steps": 1, "eval_fraction": 0.0})
     run_dir = workspace / "runs" / "job-trunc"
     run_dir.mkdir(parents=True)
-    sft.run(config, run_dir, job_id="job-trunc")
+    stages.train(config, run_dir, job_id="job-trunc")
     assert "dropped_rows: 2" in (run_dir / "card.md").read_text()
 
 
@@ -169,4 +170,4 @@ def test_all_answers_truncated_is_one_clear_error(tiny_model, workspace):
     run_dir = workspace / "runs" / "job-trunc-all"
     run_dir.mkdir(parents=True)
     with pytest.raises(DataError, match="raise training.max_length"):
-        sft.run(config, run_dir, job_id="job-trunc-all")
+        stages.train(config, run_dir, job_id="job-trunc-all")

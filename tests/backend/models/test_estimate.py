@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from backend import estimate
+from backend.models import estimate
 from backend.config import JobConfig
 
 SMOLLM2 = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,

@@ -6,7 +6,8 @@ Train tab runs it before queuing; the worker runs it again before starting the t
 from __future__ import annotations
 
 from backend import data, jobs, models, workspace
-from backend.config import STAGES, JobConfig
+from backend.config import JobConfig
+from backend.vocab import JobStatus, Stage
 
 
 def problems(config: JobConfig) -> list[str]:
@@ -14,13 +15,13 @@ def problems(config: JobConfig) -> list[str]:
     model_problem = models.check(config.model.strip()) if config.model.strip() else None
     if model_problem:
         errors.append(f"model: {model_problem}")
-    if config.dataset.strip() and config.stage in STAGES:
+    if config.dataset.strip() and config.stage in Stage.values():
         report = data.validate(config.dataset, stage=config.stage, eval_fraction=config.training.eval_fraction)
         if not report.usable_for(config.stage):
             errors.append(f"dataset: {report.first_problem(config.stage) or f'not usable for {config.stage}'}")
     if config.init_adapter:
         parent = jobs.get(config.init_adapter)
         adapter = workspace.run_dir(config.init_adapter) / "adapter" / "adapter_config.json"
-        if parent is None or parent.status != "completed" or not adapter.exists():
+        if parent is None or parent.status != JobStatus.COMPLETED or not adapter.exists():
             errors.append(f"init_adapter: '{config.init_adapter}' is not a completed job with an adapter")
     return errors

@@ -13,8 +13,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from backend import jobs, methods, models
-from backend.callbacks import latest_complete_checkpoint
+from backend import jobs, models
+from backend.models import methods
+from backend.jobs.checkpoints import latest_complete_checkpoint
 from backend.config import JobConfig
 
 log = logging.getLogger("lorastudio")
@@ -36,7 +37,7 @@ class AdapterSource:
 
     @property
     def four_bit(self) -> bool:
-        return self.config.method in methods.FOUR_BIT_METHODS
+        return methods.spec(self.config.method).four_bit
 
     @property
     def final(self) -> bool:
@@ -54,7 +55,7 @@ def adapter_source(job_id: str) -> AdapterSource:
         return AdapterSource(job.id, final, "final adapter", job.config, job.status)
     checkpoint = latest_complete_checkpoint(job.run_dir / "checkpoints", remove_torn=False)
     if checkpoint is not None and (checkpoint / "adapter_config.json").is_file():
-        if job.config.method == "pissa":
+        if methods.spec(job.config.method).converts_at_save:
             raise AdapterError(f"job {job.id} has only {checkpoint.name}; PiSSA checkpoints hold the adapter "
                                "for the residual base and are converted when the job finishes: wait for it to "
                                "complete")
@@ -165,6 +166,10 @@ def dequantize_4bit(model, dtype) -> None:
         for name, child in list(parent.named_children()):
             if not isinstance(child, bnb.nn.Linear4bit):
                 continue
+            if getattr(child.weight.quant_state, "packing_format_for_cpu", False):
+                # repacked by bitsandbytes' CPU bfloat16 path (absmax rounded): not the weights it trained on
+                raise AdapterError("the 4-bit base was repacked for bitsandbytes' CPU bfloat16 kernel; load it "
+                                   "with models.load_model, which keeps the 4-bit layers as trained")
             weight = bnb.functional.dequantize_4bit(child.weight.data, child.weight.quant_state).to(dtype)
             linear = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
                                      dtype=dtype, device=weight.device)

@@ -1,5 +1,5 @@
 """Checks before a job is queued: every problem at once, nothing loaded."""
-from backend import preflight
+from backend.jobs import preflight
 from backend.config import JobConfig
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.gguf_export import F16_TOLERANCE, QTYPES, GgufError, check_supported, partial_path, verify_gguf, \
+from backend.export.gguf import F16_TOLERANCE, QTYPES, GgufError, check_supported, partial_path, verify_gguf, \
     write_gguf
 
 PROMPTS = ["Who are you?", "What is the capital of Italy?", "Write one sentence about the sea."]

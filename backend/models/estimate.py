@@ -33,6 +33,9 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backend.models import methods
+from backend.vocab import Stage
+
 GIB = 1024 ** 3
 MIB = 1024 ** 2
 TIGHT_AT = 0.80                 # above this share of a device's memory: "tight"
@@ -120,7 +123,7 @@ def saved_per_token_layer(dims: dict, config, cuda: bool, masked: bool = False) 
     on the bundled model (CPU, fp32: 69.5 KB per token and layer for LoRA r=16 all-linear, 134 KB for DoRA)."""
     h, i, q, kv = dims["hidden"], dims["inter"], dims["q"], dims["kv"]
     act = 2 if cuda and config.training.precision != "fp32" else 4
-    adapter = 2 if config.method in ("qlora", "qdora") else 4     # peft runs the LoRA branch in the adapter's dtype
+    adapter = 2 if methods.spec(config.method).four_bit else 4     # peft runs the LoRA branch in the adapter's dtype
     saved = 2 * h * 4                  # the two RMSNorms keep their fp32 input
     # sdpa keeps q, k, v and out; with a mask (padding-free) transformers repeats k / v to every head first. A
     # worst-case batch (every row at max_length) has no padding, so padded batches need no mask.
@@ -131,7 +134,7 @@ def saved_per_token_layer(dims: dict, config, cuda: bool, masked: bool = False) 
         if config.lora.dropout > 0:
             # dropout's output, and its mask: a float tensor on CPU, a bool one from CUDA's fused kernel
             saved += d_in * adapter + d_in * (1 if cuda else adapter)
-        if config.method in ("dora", "qdora"):
+        if methods.spec(config.method).dora:
             saved += 3 * d_out * act                         # DoRA: base output, LoRA output, their scaled sum
     return saved
 
@@ -141,7 +144,7 @@ def estimate(config, model_path: str | None = None, parameters: int = 0, cuda: b
     dims = _dims(model_path, parameters)
     t = config.training
     act_bytes = 2 if cuda and t.precision != "fp32" else 4       # bf16 / fp16 on GPU, fp32 on CPU
-    quantized = config.method in ("qlora", "qdora")
+    quantized = methods.spec(config.method).four_bit
     mapped = 0.0
     if quantized:
         weights = dims["linear"] * NF4_BYTES + (dims["params"] - dims["linear"]) * 4
@@ -149,13 +152,13 @@ def estimate(config, model_path: str | None = None, parameters: int = 0, cuda: b
             mapped = dims["params"] * dims["checkpoint_bytes"]
     else:
         weights = dims["params"] * act_bytes
-        if config.method == "pissa" and not cuda and not config.init_adapter:
+        if methods.spec(config.method).converts_at_save and not cuda and not config.init_adapter:
             # the residual weights (W - USV^T) are new memory; the original pages, read for the SVD, stay mapped
             mapped = dims["linear"] * dims["checkpoint_bytes"]
 
     n_adapter = adapter_parameters(dims, config.lora.r, config.lora.target_modules)
     n_magnitude = 0
-    if config.method in ("dora", "qdora"):
+    if methods.spec(config.method).dora:
         n_magnitude = dims["layers"] * sum(out for _, out in _adapted(dims, config.lora.target_modules).values())
     adapter_bytes = 2 if quantized else 4
     adapter = (n_adapter * adapter_bytes + n_magnitude * 4) * 2       # weights + gradients
@@ -163,7 +166,7 @@ def estimate(config, model_path: str | None = None, parameters: int = 0, cuda: b
 
     tokens = t.batch_size * t.max_length
     notes = []
-    masked = config.stage == "sft" and _dense_packed_mask(t.batching, cuda, tokens)
+    masked = config.stage == Stage.SFT and _dense_packed_mask(t.batching, cuda, tokens)
     per_layer = saved_per_token_layer(dims, config, cuda, masked)
     if t.gradient_checkpointing:
         activations = tokens * (dims["layers"] * dims["hidden"] * act_bytes + per_layer)
@@ -180,10 +183,10 @@ def estimate(config, model_path: str | None = None, parameters: int = 0, cuda: b
     if mapped:
         notes.append(f"includes {mapped / GIB:.2f} GiB of the checkpoint that stays memory-mapped after "
                      f"{'quantizing' if quantized else 'the PiSSA SVD'} (file cache the system can reclaim)")
-    if config.stage in ("dpo", "kto"):
+    if config.stage in (Stage.DPO, Stage.KTO):
         activations *= 2
         notes.append("preference stages run chosen and rejected (or reference) passes: activations doubled")
-    if config.method == "pissa":
+    if methods.spec(config.method).converts_at_save:
         notes.append("PiSSA runs an SVD of each weight at start (brief extra memory)")
     return Estimate(weights=weights, adapter=adapter, optimizer=optimizer, activations=activations,
                     overhead=overhead, adapter_params=n_adapter + n_magnitude, notes=notes)

@@ -14,8 +14,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from backend import adapters, workspace
-from backend.chat import AnswerStats, GenerationSettings, stream_answer
+from backend import workspace
+from backend.vocab import Stage
+from backend.models import adapters
+from backend.serve.chat import AnswerStats, GenerationSettings, stream_answer
 from backend.export import VERIFY_PROMPTS, MergeCheck, follow, merge_check, probe
 
 log = logging.getLogger("lorastudio")
@@ -49,7 +51,7 @@ class Session:
         raise KeyError(key)
 
     def stream(self, key: str, messages: list[dict], settings: GenerationSettings | None = None):
-        """Yield AnswerStats for one column (see backend.chat.stream_answer)."""
+        """Yield AnswerStats for one column (see backend.serve.chat.stream_answer)."""
         column = self.column(key)
         with self.lock:   # one generation at a time: switching / disabling adapters is model-wide
             if column.adapter_name:
@@ -222,36 +224,28 @@ def eval_prompts(job_id: str, limit: int = 50) -> list[BatchPrompt]:
     """The job's eval split, rebuilt exactly as the stage split it (same filter, same seeded shuffle)."""
     from backend import data as datasets_backend
     from backend import models
-    from backend.data.render import tokenize_conversation
-    from backend.stages import common
+    from backend.stages import recipe_for
+    from backend.stages.harness import split_examples
 
     source = adapters.adapter_source(job_id)
     config = source.config
     if config.training.eval_fraction <= 0:
         raise ValueError(f"job {job_id} trained without an eval split (training.eval_fraction = 0); "
                          "type or upload prompts instead")
-    dataset = datasets_backend.load_for_stage(config.dataset, config.stage)
+    dataset = datasets_backend.load_for_stage(config.dataset, config.stage,
+                                              eval_fraction=config.training.eval_fraction)
     tokenizer = models.load_tokenizer(config.model, config.chat_template)
-    kept = []
-    for row in dataset.rows:
-        if config.stage == "sft":
-            mask = tokenize_conversation(tokenizer, row["messages"], config.training.max_length,
-                                         row.get("tools"))["assistant_masks"]
-            if 1 in mask:
-                kept.append(row)
-        elif common.prompt_fits(tokenizer, row["prompt"], config.training.max_length, row.get("tools")):
-            kept.append(row)
-    _, eval_rows = common.split_rows(kept, config.training.eval_fraction, config.training.seed)
+    eval_rows = split_examples(config, recipe_for(config.stage), dataset, tokenizer).eval_source_rows
     out = []
     for row in eval_rows[:limit]:
-        if config.stage == "sft":
+        if config.stage == Stage.SFT:
             messages = row["messages"]
             last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
             out.append(BatchPrompt(messages[:last], messages[last]["content"]))
         else:
             answer = row.get("chosen") or row.get("completion") or []
             reference = answer[-1]["content"] if isinstance(answer, list) and answer else str(answer)
-            if config.stage == "kto":
+            if config.stage == Stage.KTO:
                 reference = f"[{'desirable' if row.get('label') else 'undesirable'}] {reference}"
             out.append(BatchPrompt(row["prompt"], reference))
     return out

@@ -11,12 +11,12 @@ import threading
 import time
 import traceback
 
-from backend import jobs, workspace
-from backend.callbacks import JobHooks, latest_complete_checkpoint
-from backend.stages import get_runner
+from backend import jobs, stages, workspace
+from backend.jobs.checkpoints import latest_checkpoint_name
+from backend.vocab import Control, JobStatus
 
 # stop requests (the job's control field) -> the status the job ends in
-STOP_STATUS = {"cancel": "cancelled", "preempt": "interrupted"}
+STOP_STATUS = {Control.CANCEL: JobStatus.CANCELLED, Control.PREEMPT: JobStatus.INTERRUPTED}
 # a beat well inside the staleness window the worker and the reaper use
 HEARTBEAT_EVERY_S = min(5.0, float(os.environ.get("LORASTUDIO_STALE_AFTER_S", "120")) / 4)
 
@@ -53,15 +53,14 @@ def run_job(job_id: str, external_stop=None) -> jobs.Job:
         if is_main:
             jobs.update(job_id, step=step, total_steps=total, heartbeat=time.time())
 
+    from backend.jobs.callbacks import JobHooks
+
     hooks = JobHooks(on_step=on_step, should_stop=should_stop)
     try:
-        config = job.config
-        errors = config.validate()
-        if errors:
-            raise ValueError("; ".join(errors))
+        config = job.config  # validated when the job was created (jobs.create), and checked by the preflight
         while True:
             try:
-                results = get_runner(config.stage)(config, run_dir, hooks=hooks, job_id=job_id)
+                results = stages.train(config, run_dir, hooks=hooks, job_id=job_id)
                 break
             except Exception as error:  # noqa: BLE001 - only out-of-memory is retried, below
                 if not (_is_out_of_memory(error) and config.training.auto_batch_size
@@ -71,17 +70,17 @@ def run_job(job_id: str, external_stop=None) -> jobs.Job:
         if is_main:
             checkpoint = latest_checkpoint_name(run_dir)
             if hooks.stop_reason:
-                status = STOP_STATUS.get(hooks.stop_reason, "interrupted")
+                status = STOP_STATUS.get(hooks.stop_reason, JobStatus.INTERRUPTED)
                 jobs.update(job_id, status=status, last_checkpoint=checkpoint, control=None,
                             reason=f"{hooks.stop_reason} requested; checkpoint {checkpoint} kept",
-                            finished=time.time() if status == "cancelled" else None)
+                            finished=time.time() if status == JobStatus.CANCELLED else None)
             else:
-                jobs.update(job_id, status="completed", finished=time.time(), results=results,
+                jobs.update(job_id, status=JobStatus.COMPLETED, finished=time.time(), results=results,
                             last_checkpoint=checkpoint, control=None)
     except BaseException as error:  # noqa: BLE001 - every failure must end in the record, with its reason
         logging.getLogger("lorastudio").error("job failed:\n%s", traceback.format_exc())
         if is_main:
-            jobs.update(job_id, status="failed", finished=time.time(), reason=failure_reason(error, job))
+            jobs.update(job_id, status=JobStatus.FAILED, finished=time.time(), reason=failure_reason(error, job))
         if not isinstance(error, Exception):
             raise
     finally:
@@ -103,8 +102,8 @@ def _halve_batch(job_id: str, config):
 
     import torch
 
-    config.training.batch_size //= 2
-    config.training.grad_accum *= 2
+    config = config.replace_training(batch_size=config.training.batch_size // 2,
+                                     grad_accum=config.training.grad_accum * 2)
     logging.getLogger("lorastudio").warning(
         "out of memory: retrying with batch_size=%d, grad_accum=%d", config.training.batch_size,
         config.training.grad_accum)
@@ -128,12 +127,6 @@ def failure_reason(error: BaseException, job=None) -> str:
                 "or method qlora (or turn on training.auto_batch_size)")
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     return text[:500]
-
-
-def latest_checkpoint_name(run_dir) -> str | None:
-    """The newest complete checkpoint's folder name, without touching torn ones."""
-    newest = latest_complete_checkpoint(run_dir / "checkpoints", remove_torn=False)
-    return newest.name if newest else None
 
 
 def _beat(job_id: str, stop: threading.Event) -> None:

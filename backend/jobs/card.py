@@ -1,0 +1,120 @@
+"""The run's facts: run.json (machine-readable: lineage, base model hash, data hash, results) and card.md, the
+model card rendered from the same facts, written next to every adapter: provenance a reader can trust months
+later, and the one place later stages, exports and comparisons read a run's lineage from.
+"""
+from __future__ import annotations
+
+import json
+import platform
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+LIBRARIES = ("torch", "transformers", "peft", "trl", "bitsandbytes", "datasets", "accelerate")
+RUN_FACTS = "run.json"
+
+
+def library_versions() -> dict:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def read_run_facts(run_dir: Path) -> dict:
+    """The facts of a finished run ({} when it has none yet).
+
+    Runs trained before run.json existed carry the same facts only as the YAML block of their card.md.
+    """
+    run_dir = Path(run_dir)
+    try:
+        return json.loads((run_dir / RUN_FACTS).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return _card_yaml_block(run_dir / "card.md")
+    except ValueError:
+        return {}
+
+
+def _card_yaml_block(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    text = path.read_text(encoding="utf-8")
+    start = text.find("```yaml\n")
+    end = text.find("```", start + 8)
+    if start < 0 or end < 0:
+        return {}
+    try:
+        return yaml.safe_load(text[start + 8:end]) or {}
+    except yaml.YAMLError:
+        return {}
+
+
+def lineage_for(config, model_info, job_id: str) -> list[str]:
+    """base -> every job the adapter was trained through -> this job, e.g. [smollm2, "sft job-a", "dpo job-b"].
+
+    A chained job (init_adapter) extends the lineage recorded by the job it starts from.
+    """
+    own = f"{config.stage} {job_id}"
+    if not config.init_adapter:
+        return [model_info.name, own]
+    from backend import workspace
+    parent = read_run_facts(workspace.run_dir(config.init_adapter))
+    chain = parent.get("lineage") or [model_info.name, f"{parent.get('stage', 'adapter')} {config.init_adapter}"]
+    return [str(step) for step in chain] + [own]
+
+
+def run_facts(*, job_id: str, config, model_info, dataset, rows: dict, results: dict) -> dict:
+    """What run.json holds: plain JSON values only."""
+    settings = config.to_dict()
+    facts = {
+        "job_id": job_id,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "base_model": {"name": model_info.name, "source": model_info.source,
+                       "architecture": model_info.architecture, "parameters": model_info.parameters,
+                       "weights_sha256": model_info.weights_sha256 or "unknown (hub model)"},
+        "method": settings["method"],
+        "stage": settings["stage"],
+        "dataset": {"id": dataset.id, "sha256": dataset.content_hash, **rows},
+        "results": results,
+        "lineage": lineage_for(config, model_info, job_id),
+        "init_adapter": config.init_adapter,
+        "hyperparameters": {"lora": settings["lora"], "training": settings["training"]},
+        "chat_template": config.chat_template or "the base model's own (saved with the adapter)",
+        "libraries": library_versions(),
+    }
+    if config.stage.is_preference:
+        facts["hyperparameters"]["alignment"] = settings["alignment"]
+    return facts
+
+
+def render_card(facts: dict) -> str:
+    """card.md: a short description, then the facts as a YAML block."""
+    results = facts["results"]
+    final = results.get("final_train_loss")
+    return (
+        f"# LoRA Studio adapter `{facts['job_id']}`\n\n"
+        f"{facts['method'].upper()} adapter ({facts['stage'].upper()}) for **{facts['base_model']['name']}**, "
+        f"trained on dataset `{facts['dataset']['id']}` ({facts['dataset'].get('train_rows')} training rows) for "
+        f"{results.get('steps')} steps{'' if final is None else f', final train loss {final:.4f}'}.\n\n"
+        f"Lineage: {' -> '.join(facts['lineage'])}.\n\n"
+        "Load it with `peft.PeftModel.from_pretrained(base_model, this_folder)`; the tokenizer in this folder "
+        "carries the chat template used in training.\n\n"
+        "## Provenance\n\n```yaml\n" + yaml.safe_dump(facts, sort_keys=False) + "```\n"
+    )
+
+
+def write_run(run_dir: Path, **facts_of) -> dict:
+    """Write run.json and card.md (rendered from it) into the run folder; returns the facts."""
+    run_dir = Path(run_dir)
+    facts = run_facts(**facts_of)
+    staging = run_dir / f".{RUN_FACTS}.tmp"
+    staging.write_text(json.dumps(facts, indent=2), encoding="utf-8")
+    staging.replace(run_dir / RUN_FACTS)
+    (run_dir / "card.md").write_text(render_card(facts), encoding="utf-8")
+    return facts

@@ -1,0 +1,36 @@
+"""Checkpoint folders of a run: which are complete (a COMPLETE marker written after the trainer's save), which
+are torn. No transformers import: the CLI, the UI and the adapters read this too."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Optional
+
+COMPLETE_MARKER = "COMPLETE"
+
+
+def checkpoint_step(folder: Path) -> int:
+    return int(folder.name.split("-")[-1])
+
+
+def latest_complete_checkpoint(checkpoints_dir: Path, remove_torn: bool = True) -> Optional[Path]:
+    """The newest checkpoint with a COMPLETE marker; unmarked (torn) folders are removed first unless
+    remove_torn is False (a read-only look, e.g. for `jobs show`)."""
+    checkpoints_dir = Path(checkpoints_dir)
+    if not checkpoints_dir.is_dir():
+        return None
+    complete = []
+    for folder in checkpoints_dir.glob("checkpoint-*"):
+        if not folder.is_dir():
+            continue
+        if (folder / COMPLETE_MARKER).exists():
+            complete.append(folder)
+        elif remove_torn:
+            shutil.rmtree(folder, ignore_errors=True)
+    return max(complete, key=checkpoint_step, default=None)
+
+
+def latest_checkpoint_name(run_dir: Path) -> str | None:
+    """The newest complete checkpoint's folder name, without touching torn ones."""
+    newest = latest_complete_checkpoint(Path(run_dir) / "checkpoints", remove_torn=False)
+    return newest.name if newest else None

@@ -1,0 +1,166 @@
+"""The one training harness every stage runs through, top to bottom.
+
+data (a wrong dataset or init adapter fails before anything heavy) -> tokenizer -> the recipe's examples and the
+seeded split -> the base model with its adapter -> the recipe's TRL trainer with the studio callbacks -> train,
+resuming from the newest complete checkpoint -> final eval -> (rank 0) adapter, results, run.json and card.md.
+Returns the results the job record keeps, or {"stopped": reason, "steps": n} after a cooperative stop.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from backend import data as datasets_backend
+from backend import models
+from backend.config import JobConfig
+from backend.stages import common
+
+log = logging.getLogger("lorastudio")
+
+# Extra trainer callbacks for every job trained in this process (a profiler, a test's fault injection): each
+# factory gets the job's config and returns a transformers TrainerCallback.
+CALLBACK_FACTORIES: list[Callable] = []
+
+
+def register_callback(factory: Callable) -> Callable:
+    """Add a callback factory for every later job in this process; returns it (usable as a decorator)."""
+    CALLBACK_FACTORIES.append(factory)
+    return factory
+
+
+def unregister_callback(factory: Callable) -> None:
+    if factory in CALLBACK_FACTORIES:
+        CALLBACK_FACTORIES.remove(factory)
+
+
+def train(config: JobConfig, run_dir: Path, hooks=None, job_id: str = "", callbacks=()) -> dict:
+    """Train one job's stage in this process; `callbacks` are extra TrainerCallbacks for this run only."""
+    from backend.jobs.callbacks import JobHooks
+    from backend.stages import recipe_for
+
+    started = time.monotonic()
+    hooks = hooks or JobHooks()
+    run_dir = Path(run_dir)
+    recipe = recipe_for(config.stage)
+    recipe.check(config)
+
+    # 1. Data first: a wrong dataset (or a missing init_adapter) fails here, before the model loads.
+    dataset = datasets_backend.load_for_stage(config.dataset, config.stage,
+                                              eval_fraction=config.training.eval_fraction)
+    common.check_init_adapter(config)
+    tokenizer = models.load_tokenizer(config.model, config.chat_template)
+    split = split_examples(config, recipe, dataset, tokenizer)
+    train_rows, eval_rows = split.train_examples, split.eval_examples
+    facts = recipe.arrange(config, split.examples, train_rows)
+
+    # 2. Model with its adapter (new, or a finished job's with init_adapter).
+    precision = common.precision_flags(config)
+    model, model_info, pissa_init_dir = common.load_peft_model(config, run_dir, precision["dtype"])
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("model %s (%s), method %s, stage %s: %d trainable parameters, world size %s", model_info.name,
+             model_info.architecture, config.method, config.stage, trainable, os.environ.get("WORLD_SIZE", "1"))
+
+    # 3. The stage's trainer around the shared arguments and callbacks.
+    from datasets import Dataset
+
+    args = common.training_args(config, run_dir, precision, bool(eval_rows))
+    inputs = dict(
+        model=model,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        processing_class=tokenizer,
+        optimizers=(common.loraplus_optimizer(model, config), None),
+        callbacks=studio_callbacks(config, run_dir, hooks) + list(callbacks),
+    )
+    built = recipe.build_trainer(config, model, args, inputs, precision)
+    trainer = built.trainer
+    if built.reference:
+        log.info("reference policy: %s", built.reference)
+
+    # 4. Train (from the newest complete checkpoint when the job is resumed).
+    from backend.jobs.checkpoints import latest_complete_checkpoint
+
+    resume = latest_complete_checkpoint(run_dir / "checkpoints")
+    if resume:
+        log.info("resuming from %s", resume.name)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if hooks.stop_reason:
+        return {"stopped": hooks.stop_reason, "steps": trainer.state.global_step}
+    if eval_rows and trainer.state.global_step % config.training.eval_steps != 0:
+        trainer.evaluate()  # a final eval loss for the card
+
+    # 5. Adapter, results, run.json and card (under DDP only rank 0 writes them).
+    if not trainer.is_world_process_zero():
+        return {"steps": trainer.state.global_step}
+    from backend.jobs import card
+    from backend.metrics import Metrics
+
+    adapter_dir = common.save_adapter(model, tokenizer, run_dir, pissa_init_dir)
+    metrics = Metrics.read(run_dir / "metrics.jsonl")
+    losses = metrics.losses
+    results = {
+        "steps": trainer.state.global_step,
+        "first_train_loss": losses[0] if losses else None,
+        "final_train_loss": losses[-1] if losses else None,
+        "final_eval_loss": metrics.last_eval_loss,
+        **{"final_" + key.replace("/", "_"): metrics.last_training_value(key) for key in recipe.result_keys},
+        **({"reference": built.reference} if built.reference else {}),
+        **facts,
+        "trainable_parameters": trainable,
+        "wall_time_s": round(time.monotonic() - started, 2),
+        "adapter_dir": str(adapter_dir),
+    }
+    rows = {"rows": len(dataset.rows), "train_rows": len(train_rows), "eval_rows": len(eval_rows),
+            "dropped_rows": split.dropped}
+    card.write_run(run_dir, job_id=job_id or run_dir.name, config=config, model_info=model_info,
+                   dataset=dataset, rows=rows, results=results)
+    return results
+
+
+class Split:
+    """A stage's examples, which canonical row each came from, and the seeded train / eval split."""
+
+    def __init__(self, pairs: list[tuple[dict, dict]], dropped: int, eval_fraction: float, seed: int):
+        self.examples = [example for _, example in pairs]
+        self.dropped = dropped
+        train, held_out = common.split_rows(pairs, eval_fraction, seed)
+        self.train_examples = [example for _, example in train]
+        self.eval_examples = [example for _, example in held_out]
+        self.eval_source_rows = [row for row, _ in held_out]
+
+
+def split_examples(config: JobConfig, recipe, dataset, tokenizer) -> Split:
+    """Every row through the recipe (dropped ones counted and logged), then the split the trainer uses.
+
+    The playground rebuilds a job's eval split with this same function, so both always agree.
+    """
+    pairs, dropped = [], 0
+    for row in dataset.rows:
+        example = recipe.example(config, tokenizer, row)
+        if example is None:
+            dropped += 1
+        else:
+            pairs.append((row, example))
+    max_length = config.training.max_length
+    if dropped:
+        log.warning(recipe.dropped_warning.replace("{unit}", recipe.unit), dropped, max_length)
+    if not pairs:
+        raise datasets_backend.DataError(recipe.all_dropped_error.format(
+            rows=len(dataset.rows), dataset=dataset.id, max_length=max_length))
+    common.uniform_tools([example for _, example in pairs])
+    split = Split(pairs, dropped, config.training.eval_fraction, config.training.seed)
+    log.info("dataset %s: %d %s, %d train, %d eval", dataset.id, len(dataset.rows), recipe.unit,
+             len(split.train_examples), len(split.eval_examples))
+    return split
+
+
+def studio_callbacks(config: JobConfig, run_dir: Path, hooks) -> list:
+    """The callbacks every stage trains with: metrics.jsonl, COMPLETE markers, the NaN guard, any registered
+    ones, and last the job hooks (heartbeat, step, stop), so a stop is decided after everything else ran."""
+    from backend.jobs.callbacks import CheckpointMarkerCallback, HooksCallback, MetricsCallback, NanGuardCallback
+
+    return [MetricsCallback(run_dir / "metrics.jsonl"), CheckpointMarkerCallback(), NanGuardCallback(),
+            *(factory(config) for factory in CALLBACK_FACTORIES), HooksCallback(hooks)]

@@ -1,0 +1,81 @@
+"""The studio's vocabulary, named once: stages, methods, job statuses, precisions, batching modes.
+
+Each is a string enum, so a member compares equal to its value ("sft" == Stage.SFT), is written to YAML, JSON
+and SQLite as that plain string, and reads back with Stage("sft"). Facts about a method live in one table
+(backend.models.methods.METHODS); facts about a stage in its recipe (backend.stages).
+"""
+from __future__ import annotations
+
+import enum
+
+
+class StrEnum(str, enum.Enum):
+    """enum.StrEnum for Python 3.10 too: str() and format() give the plain value."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    __format__ = str.__format__
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        return tuple(member.value for member in cls)
+
+
+class Stage(StrEnum):
+    SFT = "sft"
+    DPO = "dpo"
+    ORPO = "orpo"
+    KTO = "kto"
+
+    @property
+    def is_preference(self) -> bool:
+        """Trains on preference data (pairs or labelled answers) with the alignment settings."""
+        return self is not Stage.SFT
+
+
+class Method(StrEnum):
+    LORA = "lora"
+    QLORA = "qlora"
+    DORA = "dora"
+    QDORA = "qdora"
+    PISSA = "pissa"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def is_final(self) -> bool:
+        """Nothing happens to the job any more unless the user resumes it."""
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+CLAIMABLE_STATUSES = (JobStatus.QUEUED, JobStatus.INTERRUPTED)      # a worker may take these
+STOPPED_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.INTERRUPTED)
+
+
+class Control(StrEnum):
+    """A cooperative stop request written to a running job's record."""
+    CANCEL = "cancel"        # checkpoint, end cancelled
+    PREEMPT = "preempt"      # checkpoint, end interrupted, queued again
+
+
+class Precision(StrEnum):
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+
+class Batching(StrEnum):
+    AUTO = "auto"
+    PAD = "pad"
+    GROUP_BY_LENGTH = "group_by_length"
+    PADDING_FREE = "padding_free"
