@@ -2,8 +2,6 @@
 it, and print its id on the last line of stdout."""
 from __future__ import annotations
 
-import os
-import socket
 import sys
 import time
 
@@ -36,7 +34,9 @@ def run(args) -> int:
     if args.inline:
         from backend.jobs.runner import run_job
 
-        jobs.claim(job.id, owner=f"inline:{socket.gethostname()}:{os.getpid()}")
+        from workers.process import owner_id
+
+        jobs.claim(job.id, owner=f"inline:{owner_id()}")
         print(f"job {job.id}: training {config.stage}/{config.method} on {config.model} with {config.dataset}",
               file=sys.stderr)
         finished = run_job(job.id)

@@ -141,7 +141,7 @@ def job_detail_markdown(job_id: str | None) -> str:
     lines = [f"**{job.id}** {md_escape(job.name)} — **{job.status}** · {job.stage}/{job.method} · "
              f"model `{md_escape(job.model)}` · dataset `{md_escape(job.dataset)}`",
              f"step {job.step} / {job.total_steps or '?'}" + (f" · ETA {fmt_duration(eta)}" if eta else "")
-             + f" · attempts {job.attempts}"]
+             + f" · attempts {job.attempts}" + (f" · crashes {job.crashes}" if job.crashes else "")]
     if r:
         bits = [f"{k.replace('_', ' ')} {v:.4f}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
                 for k, v in r.items() if k in ("first_train_loss", "final_train_loss", "final_eval_loss",

@@ -20,15 +20,35 @@ _running_lock = threading.Lock()
 
 
 def owner_id() -> str:
-    """host:pid of this consumer; the reaper uses it to tell a dead owner on this host at once."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """host:pid:start of this process: one worker *incarnation*. The start time (from /proc) tells a restarted
+    worker that got the same pid (PID 1 in a container, always) from the dead one that claimed a job."""
+    return f"{socket.gethostname()}:{os.getpid()}:{process_start(os.getpid())}"
+
+
+def process_start(pid: int) -> str:
+    """The process's start time in clock ticks since boot ('' where /proc does not say, e.g. not Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            # the command name (field 2) may hold spaces; the fields after its closing parenthesis do not
+            return handle.read().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _parse_owner(owner: str) -> tuple[str, str, str | None]:
+    """(host, pid, start or None) of an owner id; `inline:` ids and older host:pid ids included."""
+    parts = owner.removeprefix("inline:").split(":")
+    if len(parts) >= 3 and parts[-2].isdigit():
+        return ":".join(parts[:-2]), parts[-2], parts[-1]
+    return ":".join(parts[:-1]), parts[-1], None
 
 
 def is_dead_owner(owner: str | None) -> bool:
-    """True when the owner ran on this host and its process is gone (another host: only the heartbeat tells)."""
+    """True when the owner ran on this host and that process is gone: no such pid, or the pid now belongs to
+    another process (a restarted worker with the same pid). Another host's owner: only the heartbeat tells."""
     if not owner or owner == owner_id():
         return False
-    host, _, pid = owner.removeprefix("inline:").rpartition(":")
+    host, pid, start = _parse_owner(owner)
     if host != socket.gethostname() or not pid.isdigit():
         return False
     try:
@@ -36,15 +56,15 @@ def is_dead_owner(owner: str | None) -> bool:
     except ProcessLookupError:
         return True
     except PermissionError:
-        return False
-    return False
+        pass
+    return bool(start) and process_start(int(pid)) not in ("", start)
 
 
 def is_live_local_owner(owner: str | None) -> bool:
     """The owner is a process on this host that is still alive (this worker included)."""
     if not owner:
         return False
-    host, _, pid = owner.removeprefix("inline:").rpartition(":")
+    host, pid, _ = _parse_owner(owner)
     if host != socket.gethostname() or not pid.isdigit():
         return False
     return not is_dead_owner(owner)

@@ -22,7 +22,7 @@ from backend.vocab import CLAIMABLE_STATUSES, FINAL_STATUSES, Control, JobStatus
 # a stopped (or still queued) job that Resume may queue again
 RESUMABLE_STATUSES = (JobStatus.INTERRUPTED, JobStatus.CANCELLED, JobStatus.FAILED, JobStatus.QUEUED)
 
-MAX_ATTEMPTS = 3
+MAX_CRASHES = 3   # crashes (not claims: a clean preemption is no crash) before a job ends failed
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     step INTEGER NOT NULL DEFAULT 0,
     total_steps INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
+    crashes INTEGER NOT NULL DEFAULT 0,
     owner TEXT,
     heartbeat REAL,
     control TEXT,
@@ -74,6 +75,7 @@ class Job:
     started: float | None
     finished: float | None
     task_id: str | None = None
+    crashes: int = 0              # times the training process died without writing its end (attempts = claims)
 
     def __post_init__(self):
         self.status = JobStatus(self.status)
@@ -100,9 +102,29 @@ def connect():
     try:
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute(_SCHEMA)
+        _add_missing_columns(connection)
         yield connection
     finally:
         connection.close()
+
+
+# columns added after the first release, with their definitions: added in place to an older studio.db
+_ADDED_COLUMNS = {"crashes": "INTEGER NOT NULL DEFAULT 0"}
+_migrated: set[str] = set()
+
+
+def _add_missing_columns(connection) -> None:
+    path = str(workspace.home() / "studio.db")
+    if path in _migrated:
+        return
+    present = {row["name"] for row in connection.execute("PRAGMA table_info(jobs)")}
+    for name, definition in _ADDED_COLUMNS.items():
+        if name not in present:
+            try:
+                connection.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
+            except sqlite3.OperationalError:  # another process added it first
+                pass
+    _migrated.add(path)
 
 
 def new_job_id() -> str:
@@ -186,7 +208,7 @@ def cancel_queued(job_id: str) -> bool:
 
 def requeue(job_id: str, reset_attempts: bool = False) -> bool:
     """Make a stopped job claimable again (resume); returns False when it is running or completed."""
-    extra = ", attempts = 0" if reset_attempts else ""
+    extra = ", attempts = 0, crashes = 0" if reset_attempts else ""
     with connect() as db:
         cursor = db.execute(
             f"UPDATE jobs SET status = ?, control = NULL, finished = NULL{extra} WHERE id = ? AND status IN (?, ?, ?, ?)",
@@ -195,19 +217,25 @@ def requeue(job_id: str, reset_attempts: bool = False) -> bool:
 
 
 def mark_interrupted_or_failed(job_id: str, why: str, expected_owner: str | None = None) -> JobStatus | None:
-    """After a crash: interrupted (to be re-queued) while attempts remain, else failed.
+    """After a crash: one more crash counted; interrupted (to be re-queued) below MAX_CRASHES, else failed.
 
+    Only crashes count: a job preempted cleanly (SIGTERM, a worker restart) and claimed again keeps its budget.
     Returns the status the job has now (None when it no longer exists)."""
     job = get(job_id)
     if job is None or job.status != JobStatus.RUNNING or (expected_owner and job.owner != expected_owner):
         return job.status if job else None
-    if job.attempts >= MAX_ATTEMPTS:
-        status, reason = JobStatus.FAILED, f"{why} on each of {job.attempts} attempts; see train.log"
-    else:
+    crashes = job.crashes + 1
+    if crashes < MAX_CRASHES:
         status, reason = JobStatus.INTERRUPTED, why
+    elif crashes == job.attempts:
+        status, reason = JobStatus.FAILED, f"{why} on each of {crashes} attempts; see train.log"
+    else:
+        status, reason = JobStatus.FAILED, (f"{why}; it crashed {crashes} times in {job.attempts} attempts (the "
+                                            "others were stopped cleanly); see train.log")
     with connect() as db:
-        db.execute("UPDATE jobs SET status = ?, reason = ?, finished = ? WHERE id = ? AND status = ?",
-                   (status, reason, time.time() if status == JobStatus.FAILED else None, job_id, JobStatus.RUNNING))
+        db.execute("UPDATE jobs SET status = ?, reason = ?, crashes = ?, finished = ? WHERE id = ? AND status = ?",
+                   (status, reason, crashes, time.time() if status == JobStatus.FAILED else None, job_id,
+                    JobStatus.RUNNING))
     return status
 
 

@@ -18,7 +18,7 @@ LAST_LOSSES = 5       # how many recent train losses `jobs show` lists
 
 # the keys (and order) of to_dict(), i.e. of `lorastudio jobs show --json`
 JSON_KEYS = ("id", "name", "status", "stage", "method", "model", "dataset", "step", "total_steps", "eta_s",
-             "attempts", "owner", "last_losses", "eval_loss", "checkpoint", "reason", "created", "started",
+             "attempts", "crashes", "owner", "last_losses", "eval_loss", "checkpoint", "reason", "created", "started",
              "finished", "results", "run_dir")
 
 
@@ -35,7 +35,8 @@ class JobSummary:
     total_steps: int
     progress: float                    # 0..1 (a completed job without a step count is 1)
     eta_s: float | None                # only while running, once two steps were logged
-    attempts: int
+    attempts: int                      # times a worker claimed it
+    crashes: int                       # times its training process died without writing its end
     owner: str | None
     last_losses: tuple[float, ...]     # the last LAST_LOSSES logged train losses
     loss: float | None                 # latest train loss: live while running, else the recorded final one
@@ -52,7 +53,7 @@ class JobSummary:
         """The --json shape of `lorastudio jobs show` (plain strings and lists, in JSON_KEYS order)."""
         values = {"id": self.id, "name": self.name, "status": _plain(self.status), "stage": _plain(self.stage),
                   "method": _plain(self.method), "model": self.model, "dataset": self.dataset, "step": self.step,
-                  "total_steps": self.total_steps, "eta_s": self.eta_s, "attempts": self.attempts,
+                  "total_steps": self.total_steps, "eta_s": self.eta_s, "attempts": self.attempts, "crashes": self.crashes,
                   "owner": self.owner, "last_losses": list(self.last_losses), "eval_loss": self.eval_loss,
                   "checkpoint": self.checkpoint, "reason": self.reason, "created": self.created,
                   "started": self.started, "finished": self.finished, "results": dict(self.results),
@@ -96,7 +97,7 @@ def summarize(job, metrics: Metrics | None = None) -> JobSummary:
         total_steps=job.total_steps,
         progress=min(job.step / total, 1.0) if total else (1.0 if status == JobStatus.COMPLETED else 0.0),
         eta_s=metrics.eta_seconds(job.step, job.total_steps) if running and job.total_steps else None,
-        attempts=job.attempts, owner=job.owner, last_losses=tuple(metrics.losses[-LAST_LOSSES:]), loss=loss,
+        attempts=job.attempts, crashes=job.crashes, owner=job.owner, last_losses=tuple(metrics.losses[-LAST_LOSSES:]), loss=loss,
         eval_loss=metrics.last_eval_loss, checkpoint=job.last_checkpoint or latest_checkpoint_name(run_dir),
         reason=job.reason, created=job.created, started=job.started, finished=job.finished, results=results,
         run_dir=run_dir)

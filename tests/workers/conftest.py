@@ -20,7 +20,9 @@ from backend.config import JobConfig
 class Worker:
     """`lorastudio worker` in its own process group, so a test can kill the whole group."""
 
-    def __init__(self, home: Path, extra_env: dict | None = None):
+    def __init__(self, home: Path, extra_env: dict | None = None, pid1: bool = False):
+        # pid1: the worker runs as PID 1 of its own PID namespace, as in a container
+        self.prefix = ["unshare", "--pid", "--fork", "--mount-proc"] if pid1 else []
         self.env = dict(os.environ, LORASTUDIO_HOME=str(home), LORASTUDIO_STALE_AFTER_S="6",
                         LORASTUDIO_REAP_EVERY_S="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                         **(extra_env or {}))
@@ -28,7 +30,7 @@ class Worker:
         self.process = None
 
     def start(self) -> "Worker":
-        self.process = subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=self.env,
+        self.process = subprocess.Popen([*self.prefix, sys.executable, "-m", "cli", "worker"], env=self.env,
                                         stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
                                         start_new_session=True)
         return self
@@ -63,8 +65,8 @@ class Worker:
 def start_worker(workspace):
     started = []
 
-    def start(**extra_env) -> Worker:
-        worker = Worker(workspace, {k: str(v) for k, v in extra_env.items()}).start()
+    def start(pid1: bool = False, **extra_env) -> Worker:
+        worker = Worker(workspace, {k: str(v) for k, v in extra_env.items()}, pid1=pid1).start()
         started.append(worker)
         return worker
 
