@@ -41,6 +41,9 @@ BENCHMARKS = {
     "methods": ("LoRA / QLoRA / DoRA / PiSSA tokens/s and memory vs LoRA", {}, {"steps": 3, "rounds": 1}),
     "playground": ("playground and export", {}, {"quick": True}),
     "gguf": ("GGUF export size, time and peak memory", {"argv": []}, {"argv": ["--rounds", "1"]}),
+    "reliability": ("kills, restarts, several workers, a full disk, a killed export: what held", {},
+                    {"only": ("group", "trainer", "save-weights", "save-marker-group", "app", "preempt", "sqlite-3",
+                              "redis-2", "frozen", "hung", "export-zip", "group-pid1", "disk-full")}),
 }
 TINY = {  # the smallest settings, with the model replaced by --tiny MODEL_DIR
     "overhead": {"steps": 2, "rounds": 1, "batch": 2}, "queue": {"rounds": 1, "steps": 2},
@@ -48,7 +51,7 @@ TINY = {  # the smallest settings, with the model replaced by --tiny MODEL_DIR
     "padding": {"demo": 6, "synthetic": 6, "rounds": 1, "batch": 2, "max_length": 128, "efficiency_rows": 50},
     "estimator": {"lengths": (64,), "batch": 2, "steps": 2, "methods": ("lora",)},
     "methods": {"length": 64, "batch": 2, "steps": 2, "rounds": 1, "methods": ("lora", "dora")},
-    "playground": {"quick": True}, "gguf": {"argv": ["--rounds", "1"]},
+    "playground": {"quick": True}, "gguf": {"argv": ["--rounds", "1"]}, "reliability": {"only": ("trainer",)},
 }
 
 

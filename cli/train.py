@@ -34,7 +34,7 @@ def run(args) -> int:
     if args.inline:
         from backend.jobs.runner import run_job
 
-        from workers.process import owner_id
+        from backend.jobs.owner import owner_id
 
         jobs.claim(job.id, owner=f"inline:{owner_id()}")
         print(f"job {job.id}: training {config.stage}/{config.method} on {config.model} with {config.dataset}",

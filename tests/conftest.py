@@ -53,20 +53,9 @@ def smol_tokenizer(bundled_model_dir):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, bundled_model_dir) -> Path:
     """A random 2-layer llama (hidden 64) saved as safetensors with the bundled tokenizer and chat template."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from tests.reliability.lab import build_tiny_model
 
-    tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=1024,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), bundled_model_dir)
 
 
 @pytest.fixture
@@ -100,3 +89,25 @@ def quickstart_job(quickstart_home, monkeypatch) -> str:
     assert result.returncode == 0, result.stderr[-3000:]
     monkeypatch.setenv("LORASTUDIO_HOME", str(home))
     return job_id
+
+
+@pytest.fixture
+def lab(workspace, tiny_model):
+    """The test's workspace and tiny model, and the worker / app subprocesses it starts (killed at the end)."""
+    from tests.reliability.lab import Lab
+
+    started = Lab(workspace, tiny_model)
+    yield started
+    started.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free port (skipped, with the reason, where it cannot be installed)."""
+    from tests.reliability.lab import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    if server.url is None:
+        pytest.skip("redis-server is not installed (`apt-get install redis-server`; .ci/run installs it)")
+    yield server.url
+    server.stop()

@@ -23,19 +23,20 @@ def stale_after_s() -> float:
 
 
 def reap(requeue_interrupted: bool = False) -> list[str]:
-    """Running jobs whose owner died on this host, or whose heartbeat went stale on another host, become
-    interrupted and are re-queued (3 attempts, then failed with the reason). At worker start
-    (requeue_interrupted=True) every interrupted job is queued again too. Returns the ids queued."""
+    """End the claims that nobody keeps any more, and queue those jobs again (3 crashes, then failed with the
+    reason): a running job whose owner died on this host, or whose heartbeat went stale whoever seems to own it
+    (its training process is killed first when it still runs here). At worker start (requeue_interrupted=True)
+    every interrupted job is queued again too. Returns the ids queued."""
     queued = []
     for job in jobs.stale_running_jobs(stale_after_s(), process.is_dead_owner):
-        if process.is_live_local_owner(job.owner):
-            continue  # its owner watches it (and kills a child whose heartbeat stops)
-        last = time.strftime("%H:%M:%S", time.localtime(job.heartbeat or 0))
+        why = _claim_ended_because(job)
+        if why is None:
+            continue
+        if job.trainer and process.kill_local_process(job.trainer):
+            log.warning("job %s: killed its training process %s (stale heartbeat)", job.id, job.trainer)
         inline = (job.owner or "").startswith("inline:")
-        status = jobs.mark_interrupted_or_failed(
-            job.id, "the inline training process stopped" if inline
-            else f"its worker stopped responding (last heartbeat {last})")
-        log.warning("reaped job %s (owner %s) -> %s", job.id, job.owner, status)
+        status = jobs.mark_interrupted_or_failed(job.id, why)
+        log.warning("reaped job %s (owner %s): %s -> %s", job.id, job.owner, why, status)
         if status == JobStatus.INTERRUPTED and not inline:
             enqueue(job.id)  # an inline job is resumed by the user (lorastudio jobs resume), not by a worker
             queued.append(job.id)
@@ -45,6 +46,26 @@ def reap(requeue_interrupted: bool = False) -> list[str]:
                 enqueue(job.id)
                 queued.append(job.id)
     return queued
+
+
+def _claim_ended_because(job) -> str | None:
+    """Why this stale-looking running job's claim is over, or None when its owner still keeps it."""
+    if job.id in process.running_job_ids():
+        return None  # this worker waits on its process, and kills it itself when its heartbeat stops
+    inline = (job.owner or "").startswith("inline:")
+    last = time.strftime("%H:%M:%S", time.localtime(job.heartbeat or 0))
+    if job.owner == process.owner_id():
+        return "its training process ended without recording its end (the record could not be written then)"
+    if process.is_live_local_owner(job.owner):
+        # another live worker (or inline run) on this host: it should have ended a hung process within the
+        # staleness window; past twice that (plus start-up time before a first beat) the claim is over anyway
+        allowed = 2 * stale_after_s() if job.trainer else stale_after_s() + process.STARTUP_GRACE_S
+        if (job.heartbeat or 0) > time.time() - allowed:
+            return None
+        return f"its heartbeat stopped at {last} although its owner {job.owner} still runs (hung)"
+    if inline:
+        return "the inline training process stopped"
+    return f"its worker stopped responding (last heartbeat {last})"
 
 
 def run_worker(workers: int | None = None, gpus: list[str] | None = None, stop: threading.Event | None = None,
@@ -68,7 +89,10 @@ def run_worker(workers: int | None = None, gpus: list[str] | None = None, stop: 
     while not stop.wait(0.5):
         if time.monotonic() - last_reap >= reap_every_s:
             last_reap = time.monotonic()
-            reap()
+            try:
+                reap()
+            except Exception:  # noqa: BLE001 - e.g. studio.db unreadable while its disk is full: next round
+                log.exception("reaper: could not look at the jobs now; trying again in %.0f s", reap_every_s)
     log.info("worker shutting down: preempting %s", process.running_job_ids() or "nothing")
     for job_id in process.running_job_ids():
         jobs.request(job_id, Control.PREEMPT)

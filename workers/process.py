@@ -12,62 +12,14 @@ import socket
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 
 from backend import workspace
+from backend.jobs.owner import (  # noqa: F401 - the worker's view of owners, re-exported for the consumer
+    is_dead_owner, is_live_local_owner, kill_local_process, owner_id)
 
 _running: dict[str, subprocess.Popen] = {}
 _running_lock = threading.Lock()
-
-
-def owner_id() -> str:
-    """host:pid:start of this process: one worker *incarnation*. The start time (from /proc) tells a restarted
-    worker that got the same pid (PID 1 in a container, always) from the dead one that claimed a job."""
-    return f"{socket.gethostname()}:{os.getpid()}:{process_start(os.getpid())}"
-
-
-def process_start(pid: int) -> str:
-    """The process's start time in clock ticks since boot ('' where /proc does not say, e.g. not Linux)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            # the command name (field 2) may hold spaces; the fields after its closing parenthesis do not
-            return handle.read().rpartition(")")[2].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def _parse_owner(owner: str) -> tuple[str, str, str | None]:
-    """(host, pid, start or None) of an owner id; `inline:` ids and older host:pid ids included."""
-    parts = owner.removeprefix("inline:").split(":")
-    if len(parts) >= 3 and parts[-2].isdigit():
-        return ":".join(parts[:-2]), parts[-2], parts[-1]
-    return ":".join(parts[:-1]), parts[-1], None
-
-
-def is_dead_owner(owner: str | None) -> bool:
-    """True when the owner ran on this host and that process is gone: no such pid, or the pid now belongs to
-    another process (a restarted worker with the same pid). Another host's owner: only the heartbeat tells."""
-    if not owner or owner == owner_id():
-        return False
-    host, pid, start = _parse_owner(owner)
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass
-    return bool(start) and process_start(int(pid)) not in ("", start)
-
-
-def is_live_local_owner(owner: str | None) -> bool:
-    """The owner is a process on this host that is still alive (this worker included)."""
-    if not owner:
-        return False
-    host, pid, _ = _parse_owner(owner)
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    return not is_dead_owner(owner)
 
 
 def preflight(job) -> str | None:
@@ -77,8 +29,18 @@ def preflight(job) -> str | None:
     return "; ".join(checks.problems(job.config)) or None
 
 
-def run_training_process(job, devices: list[str]) -> int:
-    """Start the job's process, wait for it, and return its exit code (negative: killed by that signal)."""
+@dataclass(frozen=True)
+class Exit:
+    """How a training process ended: its exit code (negative: the signal), and why the worker killed it."""
+    code: int
+    killed_because: str | None = None
+
+    def describe(self) -> str:
+        return self.killed_because or f"the training process died ({describe_exit(self.code)})"
+
+
+def run_training_process(job, devices: list[str]) -> Exit:
+    """Start the job's process, wait for it, and return how it ended."""
     env = dict(os.environ)
     env["CUDA_VISIBLE_DEVICES"] = "" if devices == ["cpu"] else ",".join(devices)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -102,22 +64,34 @@ def run_training_process(job, devices: list[str]) -> int:
                 _running.pop(job.id, None)
 
 
-def _wait_watching_heartbeat(child: subprocess.Popen, job_id: str) -> int:
-    """Wait for the child; kill it when its heartbeat stops (hung), once it has beaten at least once."""
+# a process that has not beaten yet (imports, CUDA start-up) gets this long before it counts as hung
+STARTUP_GRACE_S = 120.0
+
+
+def _wait_watching_heartbeat(child: subprocess.Popen, job_id: str) -> Exit:
+    """Wait for the child; kill it when its heartbeat stops (hung or stalled; see backend.jobs.runner)."""
     import time
 
     from backend import jobs
 
     stale_after = float(os.environ.get("LORASTUDIO_STALE_AFTER_S", "120"))
+    started = time.time()
     first_beat = jobs.get(job_id).heartbeat
     while True:
         try:
-            return child.wait(timeout=1.0)
+            return Exit(child.wait(timeout=1.0))
         except subprocess.TimeoutExpired:
             pass
-        beat = jobs.get(job_id).heartbeat
-        if beat and beat != first_beat and beat < time.time() - stale_after:
+        try:
+            beat = jobs.get(job_id).heartbeat or started
+        except Exception:  # noqa: BLE001 - a busy (or full) database: look again next second
+            continue
+        allowed = stale_after if beat != first_beat else max(stale_after, STARTUP_GRACE_S)
+        if beat < time.time() - allowed:
             child.kill()  # settled as a crash by the caller: interrupted and re-queued
+            code = child.wait()
+            return Exit(code, f"the training process stopped beating for {time.time() - beat:.0f} s "
+                              "(hung, or no training progress) and was killed")
 
 
 def running_job_ids() -> list[str]:

@@ -31,21 +31,27 @@ def train(job_id: str) -> None:
         if reason:
             jobs.update(job_id, status=JobStatus.FAILED, reason=reason, finished=time.time())
             return
-        exit_code = process.run_training_process(job, devices)
-    settle(job_id, exit_code)
+        ended = process.run_training_process(job, devices)
+    settle(job_id, ended)
 
 
-def settle(job_id: str, exit_code: int) -> None:
-    """After the training process ended: re-queue an interrupted job, retry a crashed one (3 attempts)."""
+def settle(job_id: str, ended: process.Exit) -> None:
+    """After the training process ended: re-queue an interrupted job, retry a crashed one (3 crashes).
+
+    Never raises: when the database cannot be written (a full disk), the job stays running with no process
+    behind it, and this worker's reaper settles it on a later round."""
     from workers.queue import enqueue
 
-    job = jobs.get(job_id)
-    if job.status == JobStatus.RUNNING:  # the process died without writing its end (kill -9, OOM killer, segfault)
-        why = f"the training process died ({process.describe_exit(exit_code)})"
-        status = jobs.mark_interrupted_or_failed(job_id, why, expected_owner=process.owner_id())
-        log.warning("job %s: %s -> %s", job_id, why, status)
+    try:
         job = jobs.get(job_id)
-    if job.status == JobStatus.INTERRUPTED:
-        # also when preempted by this worker's shutdown: the persistent queue keeps it for the restart
-        enqueue(job_id)
+        if job.status == JobStatus.RUNNING:  # died without writing its end (kill -9, OOM killer, segfault, hang)
+            why = ended.describe()
+            status = jobs.mark_interrupted_or_failed(job_id, why, expected_owner=process.owner_id())
+            log.warning("job %s: %s -> %s", job_id, why, status)
+            job = jobs.get(job_id)
+        if job.status == JobStatus.INTERRUPTED and job.owner == process.owner_id():
+            # also when preempted by this worker's shutdown: the persistent queue keeps it for the restart
+            enqueue(job_id)
+    except Exception:  # noqa: BLE001 - see the docstring
+        log.exception("job %s: could not settle its end now; the reaper will", job_id)
 

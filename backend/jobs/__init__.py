@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     crashes INTEGER NOT NULL DEFAULT 0,
     owner TEXT,
+    trainer TEXT,
     heartbeat REAL,
     control TEXT,
     last_checkpoint TEXT,
@@ -76,6 +77,7 @@ class Job:
     finished: float | None
     task_id: str | None = None
     crashes: int = 0              # times the training process died without writing its end (attempts = claims)
+    trainer: str | None = None    # host:pid:start of the training process of the current claim (rank 0)
 
     def __post_init__(self):
         self.status = JobStatus(self.status)
@@ -109,7 +111,7 @@ def connect():
 
 
 # columns added after the first release, with their definitions: added in place to an older studio.db
-_ADDED_COLUMNS = {"crashes": "INTEGER NOT NULL DEFAULT 0"}
+_ADDED_COLUMNS = {"crashes": "INTEGER NOT NULL DEFAULT 0", "trainer": "TEXT"}
 _migrated: set[str] = set()
 
 
@@ -180,8 +182,8 @@ def claim(job_id: str, owner: str) -> Job | None:
     now = time.time()
     with connect() as db:
         cursor = db.execute(
-            "UPDATE jobs SET status = ?, owner = ?, attempts = attempts + 1, heartbeat = ?, control = NULL,"
-            " reason = NULL, started = COALESCE(started, ?) WHERE id = ? AND status IN (?, ?)",
+            "UPDATE jobs SET status = ?, owner = ?, trainer = NULL, attempts = attempts + 1, heartbeat = ?,"
+            " control = NULL, reason = NULL, started = COALESCE(started, ?) WHERE id = ? AND status IN (?, ?)",
             (JobStatus.RUNNING, owner, now, now, job_id, *CLAIMABLE_STATUSES))
         claimed = cursor.rowcount == 1
     return get(job_id) if claimed else None
@@ -195,6 +197,20 @@ def request(job_id: str, control: Control) -> None:
 def heartbeat(job_id: str) -> None:
     with connect() as db:
         db.execute("UPDATE jobs SET heartbeat = ? WHERE id = ?", (time.time(), job_id))
+
+
+def update_claimed(job_id: str, attempt: int, **fields) -> bool:
+    """Update a running job only while claim number `attempt` still holds it; False when the claim was ended
+    (the reaper re-queued it after a stale heartbeat, another worker took it): its trainer must stop at once.
+    The claim number is the attempts count, which every claim increments: a fencing token."""
+    fields.setdefault("heartbeat", time.time())
+    if "results" in fields:
+        fields["results_json"] = json.dumps(fields.pop("results"))
+    assignments = ", ".join(f"{name} = ?" for name in fields)
+    with connect() as db:
+        cursor = db.execute(f"UPDATE jobs SET {assignments} WHERE id = ? AND attempts = ? AND status = ?",
+                            (*fields.values(), job_id, attempt, JobStatus.RUNNING))
+        return cursor.rowcount == 1
 
 
 def cancel_queued(job_id: str) -> bool:

@@ -24,14 +24,18 @@ class JobHooks:
     """What the job layer plugs into a stage; all optional."""
     on_step: Optional[Callable[[int, int], None]] = None        # (step, total_steps), every optimizer step
     should_stop: Optional[Callable[[], Optional[str]]] = None   # a reason to stop now, or None
+    on_progress: Optional[Callable[[], None]] = None            # training began, or an eval batch ran
     stop_reason: Optional[str] = field(default=None)            # set when a stop was requested
 
 
 class MetricsCallback(TrainerCallback):
     """Appends {step, epoch, loss, eval_loss, learning_rate, grad_norm, tokens_per_second, elapsed_s, ...}."""
 
-    def __init__(self, metrics_path: Path):
+    def __init__(self, metrics_path: Path, resumed_at_step: int = 0):
+        """resumed_at_step: the checkpoint this attempt resumes from (0: from the start). The records a lost
+        attempt logged after it are dropped, so each step is logged once, and elapsed_s goes on from there."""
         self.metrics_path = Path(metrics_path)
+        self.elapsed_before = keep_records_through(self.metrics_path, resumed_at_step)
         self.started = time.monotonic()
         self.last_time = self.started
         self.last_tokens = None
@@ -54,9 +58,26 @@ class MetricsCallback(TrainerCallback):
             elif now > self.started:
                 record["tokens_per_second"] = round(tokens / (now - self.started), 2)
             self.last_tokens, self.last_time = tokens, now
-        record["elapsed_s"] = round(now - self.started, 3)
+        record["elapsed_s"] = round(self.elapsed_before + now - self.started, 3)
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+def keep_records_through(metrics_path: Path, step: int) -> float:
+    """Rewrite metrics.jsonl with only the records up to `step` (atomically: a kill leaves the old or the new
+    file); returns the last kept record's elapsed_s (0.0 when none)."""
+    from backend.metrics import read_records
+
+    metrics_path = Path(metrics_path)
+    if not metrics_path.exists():
+        return 0.0
+    records = read_records(metrics_path)
+    kept = [record for record in records if record.get("step", 0) <= step]
+    if len(kept) != len(records) or metrics_path.read_bytes()[-1:] not in (b"", b"\n"):
+        partial = metrics_path.with_name(metrics_path.name + ".partial")
+        partial.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
+        partial.replace(metrics_path)
+    return max((record.get("elapsed_s", 0.0) for record in kept), default=0.0)
 
 
 class CheckpointMarkerCallback(TrainerCallback):
@@ -81,6 +102,14 @@ class HooksCallback(TrainerCallback):
 
     def __init__(self, hooks: JobHooks):
         self.hooks = hooks
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.hooks.on_progress:
+            self.hooks.on_progress()
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        if self.hooks.on_progress:  # a long evaluation is progress too, not a hang
+            self.hooks.on_progress()
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.hooks.on_step:

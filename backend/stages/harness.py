@@ -63,8 +63,13 @@ def train(config: JobConfig, run_dir: Path, hooks=None, job_id: str = "", callba
     log.info("model %s (%s), method %s, stage %s: %d trainable parameters, world size %s", model_info.name,
              model_info.architecture, config.method, config.stage, trainable, os.environ.get("WORLD_SIZE", "1"))
 
-    # 3. The stage's trainer around the shared arguments and callbacks.
+    # 3. The stage's trainer around the shared arguments and callbacks; a resumed job goes on from the newest
+    # complete checkpoint (torn ones are removed), and its metrics from that step.
     from datasets import Dataset
+
+    from backend.jobs.checkpoints import checkpoint_step, latest_complete_checkpoint
+
+    resume = latest_complete_checkpoint(run_dir / "checkpoints")
 
     args = common.training_args(config, run_dir, precision, bool(eval_rows))
     inputs = dict(
@@ -73,17 +78,15 @@ def train(config: JobConfig, run_dir: Path, hooks=None, job_id: str = "", callba
         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
         processing_class=tokenizer,
         optimizers=(common.loraplus_optimizer(model, config), None),
-        callbacks=studio_callbacks(config, run_dir, hooks) + list(callbacks),
+        callbacks=studio_callbacks(config, run_dir, hooks, checkpoint_step(resume) if resume else 0)
+        + list(callbacks),
     )
     built = recipe.build_trainer(config, model, args, inputs, precision)
     trainer = built.trainer
     if built.reference:
         log.info("reference policy: %s", built.reference)
 
-    # 4. Train (from the newest complete checkpoint when the job is resumed).
-    from backend.jobs.checkpoints import latest_complete_checkpoint
-
-    resume = latest_complete_checkpoint(run_dir / "checkpoints")
+    # 4. Train.
     if resume:
         log.info("resuming from %s", resume.name)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -157,10 +160,15 @@ def split_examples(config: JobConfig, recipe, dataset, tokenizer) -> Split:
     return split
 
 
-def studio_callbacks(config: JobConfig, run_dir: Path, hooks) -> list:
+def studio_callbacks(config: JobConfig, run_dir: Path, hooks, resumed_at_step: int = 0) -> list:
     """The callbacks every stage trains with: metrics.jsonl, COMPLETE markers, the NaN guard, any registered
     ones, and last the job hooks (heartbeat, step, stop), so a stop is decided after everything else ran."""
     from backend.jobs.callbacks import CheckpointMarkerCallback, HooksCallback, MetricsCallback, NanGuardCallback
 
-    return [MetricsCallback(run_dir / "metrics.jsonl"), CheckpointMarkerCallback(), NanGuardCallback(),
+    metrics = MetricsCallback(run_dir / "metrics.jsonl", resumed_at_step) if _is_rank_zero() else None
+    return [*([metrics] if metrics else []), CheckpointMarkerCallback(), NanGuardCallback(),
             *(factory(config) for factory in CALLBACK_FACTORIES), HooksCallback(hooks)]
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0

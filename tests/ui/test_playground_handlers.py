@@ -22,7 +22,7 @@ def finished_job(model: str, **training) -> str:
         "model": model, "dataset": "identity-demo", "stage": "sft", "lora": {"r": 4, "alpha": 8},
         "training": {"max_steps": 2, "batch_size": 2, "max_length": 128, "eval_fraction": 0.1, "save_steps": 2,
                      "logging_steps": 1, "learning_rate": 5e-3, **training}})
-    job = jobs.create(config)
+    job = jobs.create(config, status="running")  # as claimed by a worker
     done = runner.run_job(job.id)
     assert done.status == "completed", done.reason
     return job.id

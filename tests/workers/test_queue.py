@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 
 from backend import jobs
-from tests.workers.conftest import complete_checkpoints, job_status, loss_steps, wait_until
+from tests.reliability.lab import complete_checkpoints, job_status, loss_steps, resumed_from, wait_until
 from tests.plugins.studio_faults import fault_env
 
 SLOW = fault_env("slow_steps:0.4")
@@ -29,35 +28,6 @@ def test_queued_job_completes_and_metrics_stream_while_running(start_worker, sub
     assert shown[job_id]["status"] == "completed" and shown[job_id]["step"] == 12
 
 
-def test_kill_9_of_the_consumer_group_resumes_from_the_last_checkpoint(start_worker, submit):
-    job_id = submit()
-    worker = start_worker(**SLOW)
-    wait_until(lambda: complete_checkpoints(job_id) and loss_steps(job_id)[-1:] >= [4], what="a checkpoint")
-    worker.kill_group()
-    assert job_status(job_id) == "running"  # nobody could write the end: the reaper must find it
-    start_worker()
-    wait_until(lambda: job_status(job_id) == "completed", what="the resumed job to complete")
-    steps = loss_steps(job_id)
-    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
-    assert steps[restart] > 1, "the resumed run starts after the checkpoint, not from step 1"
-    assert steps[-1] == 12 and jobs.get(job_id).attempts == 2
-
-
-def test_kill_9_of_the_training_process_only_resumes_without_a_restart(start_worker, submit):
-    job_id = submit()
-    worker = start_worker(**SLOW)
-    wait_until(lambda: complete_checkpoints(job_id) and loss_steps(job_id)[-1:] >= [4], what="a checkpoint")
-    children = worker.training_children()
-    assert children, "the job trains in a subprocess of the worker"
-    for child in children:
-        child.send_signal(signal.SIGKILL)
-    wait_until(lambda: job_status(job_id) == "completed", what="completion after the crash")
-    job = jobs.get(job_id)
-    assert job.attempts == 2 and worker.process.poll() is None, "the consumer survived the crash"
-    steps = loss_steps(job_id)
-    assert steps[-1] == 12 and min(steps[steps.index(max(steps[:steps.index(12)])) + 1:] or [99]) >= 1
-
-
 def test_sigterm_checkpoints_at_the_stop_step_and_resumes_on_restart(start_worker, submit):
     job_id = submit(save_steps=100)  # no periodic checkpoint: the one kept is the preemption's
     worker = start_worker(**SLOW)
@@ -69,24 +39,7 @@ def test_sigterm_checkpoints_at_the_stop_step_and_resumes_on_restart(start_worke
     assert 3 <= stopped_at < 12 and complete_checkpoints(job_id) == [stopped_at]
     start_worker()
     wait_until(lambda: job_status(job_id) == "completed", what="completion after restart")
-    steps = loss_steps(job_id)
-    assert steps.count(stopped_at + 1) == 1 and steps[-1] == 12
-
-
-def test_a_torn_checkpoint_is_never_resumed_from(start_worker, submit):
-    job_id = submit()
-    worker = start_worker(**SLOW)
-    wait_until(lambda: complete_checkpoints(job_id) and loss_steps(job_id)[-1:] >= [4], what="a checkpoint")
-    worker.kill_group()
-    good = max(complete_checkpoints(job_id))
-    torn = jobs.get(job_id).run_dir / "checkpoints" / "checkpoint-11"
-    torn.mkdir(exist_ok=True)  # as left by a kill in the middle of a save: no COMPLETE marker
-    (torn / "adapter_model.safetensors").write_bytes(b"half written")
-    start_worker()
-    wait_until(lambda: job_status(job_id) == "completed", what="completion")
-    steps = loss_steps(job_id)
-    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
-    assert steps[restart] == good + 1, f"resumed from {steps[restart] - 1}, not the complete checkpoint {good}"
+    assert resumed_from(job_id) == [stopped_at] and loss_steps(job_id) == list(range(1, 13))
 
 
 def test_cancel_while_queued_and_while_running(start_worker, submit):

@@ -45,3 +45,14 @@ def test_an_older_database_gains_the_crashes_column():
     jobs._migrated.clear()
     old = jobs.get("old-job")
     assert old.status == JobStatus.COMPLETED and old.crashes == 0
+
+
+def test_a_write_is_fenced_by_its_claim():
+    job_id = running_job()
+    assert jobs.update_claimed(job_id, 1, step=2) and jobs.get(job_id).step == 2
+    assert jobs.mark_interrupted_or_failed(job_id, "its worker stopped responding") == JobStatus.INTERRUPTED
+    jobs.claim(job_id, owner="host:2:200")     # the job was taken over: claim 2
+    assert not jobs.update_claimed(job_id, 1, step=9, status=JobStatus.COMPLETED), "the old trainer writes nothing"
+    job = jobs.get(job_id)
+    assert (job.status, job.step, job.attempts) == (JobStatus.RUNNING, 2, 2)
+    assert jobs.update_claimed(job_id, 2, trainer="host:3:300") and jobs.get(job_id).trainer == "host:3:300"

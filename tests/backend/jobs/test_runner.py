@@ -32,3 +32,26 @@ def test_auto_batch_size_retries_with_half_the_batch(tiny_model):
     assert job.status == "completed", job.reason
     assert job.config.training.batch_size == 2 and job.config.training.grad_accum == 2
     assert "retrying with batch_size=2" in (job.run_dir / "train.log").read_text()
+
+
+def test_a_trainer_whose_claim_was_taken_stops_and_writes_nothing(tiny_model):
+    from transformers import TrainerCallback
+
+    from backend.stages import harness
+
+    job_id = create_job(tiny_model, max_steps=6, save_steps=100)
+
+    class TakenOver(TrainerCallback):  # at step 2 another worker claims the job (the reaper re-queued it)
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                jobs.update(job_id, status="interrupted")
+                jobs.claim(job_id, owner="otherhost:7:700")
+
+    factory = harness.register_callback(lambda config: TakenOver())
+    try:
+        job = run_job(job_id)
+    finally:
+        harness.unregister_callback(factory)
+    assert (job.status, job.owner, job.attempts) == ("running", "otherhost:7:700", 2), "the new claim is untouched"
+    assert job.step < 6 and not (job.run_dir / "adapter").exists()
+    assert "taken from this process" in (job.run_dir / "train.log").read_text()
