@@ -61,7 +61,8 @@ class Service:
         return self.process.wait(timeout=timeout)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
+        """Kill the whole group, also when its leader is gone already (a PID-1 worker outlives `unshare`)."""
+        if self.process:
             try:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except ProcessLookupError:
