@@ -167,11 +167,17 @@ def list_jobs() -> list[Job]:
 def update(job_id: str, **fields) -> None:
     if not fields:
         return
-    if "results" in fields:
-        fields["results_json"] = json.dumps(fields.pop("results"))
-    assignments = ", ".join(f"{name} = ?" for name in fields)
+    assignments, values = _assignments(fields)
     with connect() as db:
-        db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*fields.values(), job_id))
+        db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values, job_id))
+
+
+def _assignments(fields: dict) -> tuple[str, list]:
+    """`a = ?, b = ?` and the values for an UPDATE; `results` is stored as results_json."""
+    if "results" in fields:
+        fields = {**fields, "results_json": json.dumps(fields["results"])}
+        del fields["results"]
+    return ", ".join(f"{name} = ?" for name in fields), list(fields.values())
 
 
 def claim(job_id: str, owner: str) -> Job | None:
@@ -194,22 +200,14 @@ def request(job_id: str, control: Control) -> None:
     update(job_id, control=Control(control))
 
 
-def heartbeat(job_id: str) -> None:
-    with connect() as db:
-        db.execute("UPDATE jobs SET heartbeat = ? WHERE id = ?", (time.time(), job_id))
-
-
 def update_claimed(job_id: str, attempt: int, **fields) -> bool:
     """Update a running job only while claim number `attempt` still holds it; False when the claim was ended
     (the reaper re-queued it after a stale heartbeat, another worker took it): its trainer must stop at once.
     The claim number is the attempts count, which every claim increments: a fencing token."""
-    fields.setdefault("heartbeat", time.time())
-    if "results" in fields:
-        fields["results_json"] = json.dumps(fields.pop("results"))
-    assignments = ", ".join(f"{name} = ?" for name in fields)
+    assignments, values = _assignments({"heartbeat": time.time(), **fields})
     with connect() as db:
         cursor = db.execute(f"UPDATE jobs SET {assignments} WHERE id = ? AND attempts = ? AND status = ?",
-                            (*fields.values(), job_id, attempt, JobStatus.RUNNING))
+                            (*values, job_id, attempt, JobStatus.RUNNING))
         return cursor.rowcount == 1
 
 

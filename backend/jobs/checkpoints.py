@@ -13,20 +13,35 @@ def checkpoint_step(folder: Path) -> int:
     return int(folder.name.split("-")[-1])
 
 
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file())
+
+
+def remove_torn_checkpoints(checkpoints_dir: Path) -> tuple[list[str], int]:
+    """Delete every checkpoint folder without a COMPLETE marker (a save that failed or was cut off); returns
+    their names (oldest first) and the bytes they held."""
+    names, size = [], 0
+    checkpoints_dir = Path(checkpoints_dir)
+    if not checkpoints_dir.is_dir():
+        return names, size
+    for folder in sorted(checkpoints_dir.glob("checkpoint-*"), key=checkpoint_step):
+        if folder.is_dir() and not (folder / COMPLETE_MARKER).exists():
+            size += folder_bytes(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+            names.append(folder.name)
+    return names, size
+
+
 def latest_complete_checkpoint(checkpoints_dir: Path, remove_torn: bool = True) -> Optional[Path]:
     """The newest checkpoint with a COMPLETE marker; unmarked (torn) folders are removed first unless
     remove_torn is False (a read-only look, e.g. for `jobs show`)."""
     checkpoints_dir = Path(checkpoints_dir)
     if not checkpoints_dir.is_dir():
         return None
-    complete = []
-    for folder in checkpoints_dir.glob("checkpoint-*"):
-        if not folder.is_dir():
-            continue
-        if (folder / COMPLETE_MARKER).exists():
-            complete.append(folder)
-        elif remove_torn:
-            shutil.rmtree(folder, ignore_errors=True)
+    if remove_torn:
+        remove_torn_checkpoints(checkpoints_dir)
+    complete = [folder for folder in checkpoints_dir.glob("checkpoint-*")
+                if folder.is_dir() and (folder / COMPLETE_MARKER).exists()]
     return max(complete, key=checkpoint_step, default=None)
 
 

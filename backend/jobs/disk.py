@@ -11,17 +11,13 @@ import os
 import shutil
 from pathlib import Path
 
-from backend.jobs.checkpoints import checkpoint_step, latest_complete_checkpoint
+from backend.jobs.checkpoints import folder_bytes, latest_complete_checkpoint
 
 _NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _NO_SPACE_TEXT = ("no space left on device", "disk quota exceeded", "database or disk is full",
                   "file write failed", "unexpected pos")
 # below this much free space a failed write is taken for a full disk whatever the error says
 MIN_FREE_BYTES = 1 << 20
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(path.stat().st_size for path in Path(folder).rglob("*") if path.is_file())
 
 
 def mount_point(path: Path) -> Path:
@@ -50,23 +46,6 @@ def human(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TB"
-
-
-def remove_torn_checkpoints(checkpoints_dir: Path) -> tuple[list[str], int]:
-    """Delete every checkpoint folder without a COMPLETE marker (a save that failed or was cut off); returns
-    their names and the bytes they held. Freeing that space first lets the job record take its end."""
-    names, size = [], 0
-    checkpoints_dir = Path(checkpoints_dir)
-    if not checkpoints_dir.is_dir():
-        return names, size
-    from backend.jobs.checkpoints import COMPLETE_MARKER
-
-    for folder in sorted(checkpoints_dir.glob("checkpoint-*"), key=checkpoint_step):
-        if folder.is_dir() and not (folder / COMPLETE_MARKER).exists():
-            size += folder_bytes(folder)
-            shutil.rmtree(folder, ignore_errors=True)
-            names.append(folder.name)
-    return names, size
 
 
 def disk_full_reason(error: BaseException, run_dir: Path, torn: list[str], torn_bytes: int) -> str | None:

@@ -18,7 +18,7 @@ import traceback
 
 from backend import jobs, stages, workspace
 from backend.jobs import disk
-from backend.jobs.checkpoints import latest_checkpoint_name
+from backend.jobs.checkpoints import latest_checkpoint_name, remove_torn_checkpoints
 from backend.jobs.owner import owner_id
 from backend.vocab import Control, JobStatus
 
@@ -201,7 +201,7 @@ def failure_reason(error: BaseException, job=None) -> str:
 def _record_failure(liveness: Liveness, error: BaseException, job, run_dir) -> None:
     """failed, with one sentence. A save that failed leaves a torn checkpoint: it is removed first (it is never
     resumed from, and on a full disk its space lets the record and the log take their end)."""
-    torn, torn_bytes = disk.remove_torn_checkpoints(run_dir / "checkpoints")
+    torn, torn_bytes = remove_torn_checkpoints(run_dir / "checkpoints")
     if torn:
         log.warning("removed the torn checkpoint(s) %s (%s)", ", ".join(torn), disk.human(torn_bytes))
     reason = disk.disk_full_reason(error, run_dir, torn, torn_bytes) or failure_reason(error, job)

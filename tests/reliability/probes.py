@@ -134,10 +134,12 @@ def kill_in_save(lab: Lab, points: tuple[str, ...] = ("weights",), restart: str 
                    what=f"crash {crashes} to be noticed")
     wait_until(lambda: job_status(job_id) in ("completed", "failed"), what="the job to end")
     expected = [3 + 3 * i for i in range(len(points))]
-    outcome.check(resumed_from(job_id) == expected, f"resumed from {resumed_from(job_id)}, not {expected} (the "
-                                                    "checkpoint before each torn one)")
+    resumes = resumed_from(job_id)
+    outcome.check(resumes == expected, f"resumed from {resumes}, not {expected} (the checkpoint before each "
+                                       "torn one)")
     outcome = _finish(outcome, job_id, started)
-    outcome.steps_lost = 3 * len(points)
+    kill_steps = [6 + 3 * i for i in range(len(points))]   # the saves the faults cut off
+    outcome.steps_lost = sum(killed - resumed for killed, resumed in zip(kill_steps, resumes))
     outcome.check(outcome.crashes == len(points), f"{outcome.crashes} crashes counted, not {len(points)}")
     return outcome
 

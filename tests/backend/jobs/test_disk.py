@@ -5,6 +5,7 @@ import errno
 import sqlite3
 
 from backend.jobs import disk
+from backend.jobs.checkpoints import remove_torn_checkpoints
 
 
 def checkpoint(run_dir, step: int, complete: bool, size: int = 1000):
@@ -34,7 +35,7 @@ def test_torn_checkpoints_are_removed_and_the_sentence_names_disk_space_and_resu
     run_dir = tmp_path / "run"
     checkpoint(run_dir, 3, complete=True, size=5000)
     checkpoint(run_dir, 6, complete=False, size=2000)
-    torn, size = disk.remove_torn_checkpoints(run_dir / "checkpoints")
+    torn, size = remove_torn_checkpoints(run_dir / "checkpoints")
     assert torn == ["checkpoint-6"] and size == 2000 and not (run_dir / "checkpoints" / "checkpoint-6").exists()
     reason = disk.disk_full_reason(OSError(errno.ENOSPC, "No space left on device"), run_dir, torn, size)
     assert reason.startswith(f"the disk at {disk.mount_point(run_dir)} is full: saving checkpoint-6 failed with ")
