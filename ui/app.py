@@ -22,6 +22,15 @@ CSS = """
 .ls-preview pre { font-size: 0.85em; }
 /* short columns of report tables (stage, usable, rows) must not wrap letter by letter */
 .prose table th:not(:last-child), .prose table td:not(:last-child) { white-space: nowrap; }
+/* Export: the progress bar is drawn on the status next to the button (show_progress_on), give it room */
+.ls-export-actions { align-items: center; }
+.ls-export-status { min-height: 2.75em; flex-grow: 1; }
+/* Train: model and dataset show whole names; dropdown options stay on one line (the list grows instead) */
+.ls-train-wide { min-width: 300px; }
+.ls-train-wide input { text-overflow: ellipsis; }
+.options .option-list li { white-space: nowrap; }
+/* Playground: the full column title above each chat wraps instead of being cut */
+.ls-col-title p { margin: 0; overflow-wrap: anywhere; }
 """
 
 log = logging.getLogger("lorastudio.ui")

@@ -54,6 +54,41 @@ def fmt_duration(seconds: float | None) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
+def fmt_count(count: int | float | None) -> str:
+    """A big count for people: 4884480 -> "4.88 M (4,884,480)", 12345 -> "12,345", 950 -> "950"."""
+    if count is None:
+        return ""
+    count = int(count)
+    for size, unit in ((10 ** 9, "B"), (10 ** 6, "M")):
+        if abs(count) >= size:
+            return f"{count / size:.3g} {unit} ({count:,})"
+    return f"{count:,}"
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    """A duration in seconds for people: 73.74 -> "73.7 s", 0.42 -> "0.42 s", 4000 -> "1 h 06 min"."""
+    if seconds is None:
+        return ""
+    if seconds >= 3600:
+        return fmt_duration(seconds)
+    return f"{seconds:.3g} s" if seconds < 100 else f"{seconds:.0f} s"
+
+
+def fmt_value(key: str, value) -> str:
+    """`label value` of one result / fact field (e.g. run results): the unit suffix of the key becomes the unit
+    ("wall_time_s" 73.74 -> "wall time 73.7 s"), counts get thousands separators and M / B, floats 4 digits."""
+    label = key.replace("_", " ")
+    if value is None:
+        return label
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{label} {value}"
+    if key.endswith("_s"):
+        return f"{label[:-2]} {fmt_seconds(value)}"
+    if isinstance(value, int) or key.endswith(("parameters", "tokens", "rows", "steps")):
+        return f"{label} {fmt_count(value)}"
+    return f"{label} {value:.4g}" if abs(value) >= 1 or value == 0 else f"{label} {value:.4f}"
+
+
 def fmt_time(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
 
@@ -91,14 +126,18 @@ def usable_job_choices() -> list[tuple[str, str]]:
 
 
 def dataset_choices() -> list[tuple[str, str]]:
-    """(label, id) of every registered dataset: name, rows, kind, demo (the Data and Train tabs)."""
+    """(label, value) of every registered dataset: name, rows, kind, demo (the Data and Train tabs). The value
+    is the name a dataset was saved under (names resolve wherever ids do, and read better in the YAML, the
+    command and the Jobs tab), else its id."""
     from backend import data
 
     out = []
     for meta in data.list_datasets():
-        label = meta.get("name") or meta["id"]
+        named = bool(meta.get("named") or meta.get("demo")) and meta.get("name")
+        value = meta["name"] if named else meta["id"]
+        label = meta["name"] if named else f"{meta.get('name') or meta['id']} ({meta['id']})"
         label += f" · {meta.get('rows', '?')} rows · {meta.get('kind') or '?'}"
         if meta.get("demo"):
             label += " · demo"
-        out.append((label, meta["id"]))
+        out.append((label, value))
     return out

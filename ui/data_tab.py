@@ -23,7 +23,7 @@ STAGE_CHOICES = [ANY_STAGE, *Stage.values()]
 UPLOAD_TYPES = [".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet"]
 # canonical columns a user can map file columns onto (formats.apply_mapping: {canonical: column in file})
 MAPPABLE = ("messages", "instruction", "input", "output", "prompt", "completion", "chosen", "rejected", "label",
-            "system")
+            "system", "tools")
 SHOWN_GROUPS = 20
 
 
@@ -91,6 +91,8 @@ def report_markdown(report) -> str:
         lines.append(f"Tokens per row: min {t['min']}, median {t['median']}, p95 {t['p95']}, max {t['max']}; "
                      f"**{over.get('rows', 0)}** over max_length {report.max_length} "
                      f"({over.get('answer_lost', 0)} would lose the whole answer).")
+    elif report.token_note:
+        lines.append(f"_{md_escape(report.token_note[:1].upper() + report.token_note[1:])}._")
     elif report.rows:
         lines.append("_Token lengths need a ready model: pick one above (the bundled model once converted)._")
     for title, groups in (("Errors", report.errors), ("Warnings", report.warnings)):
@@ -102,8 +104,9 @@ def report_markdown(report) -> str:
 
 
 def needs_mapping(report) -> bool:
-    """True when the format could not be detected but columns were read: offer the column mapping."""
-    return report.format is None and bool(report.columns)
+    """Offer the column mapping when the format could not be detected but columns were read, or when the file
+    has columns the detected format does not read."""
+    return bool(report.columns) and (report.format is None or bool(report.ignored_columns))
 
 
 def histogram(report):
@@ -145,8 +148,9 @@ def preview_block(spec: str, report, stage: str | None, model: str | None, max_l
 
 
 def register(path: str, name: str | None = None, mapping: dict | None = None) -> str:
-    """Store an uploaded file as a dataset; returns its id."""
-    return data_backend.register_upload(Path(path), name=(name or None), column_mapping=clean_mapping(mapping))
+    """Store an uploaded file as a dataset; returns what names it from now on: the name given, else its id."""
+    dataset_id = data_backend.register_upload(Path(path), name=(name or None), column_mapping=clean_mapping(mapping))
+    return data_backend.display_name(dataset_id)
 
 
 @dataclass
@@ -206,15 +210,15 @@ def build(gr) -> DataTab:
                                         info="Check the data for one training stage (any = all).")
                 models = _safe(ready_model_choices)
                 tab.model = gr.Dropdown(choices=models, value=models[0] if models else None,
-                                        label="model (chat template)",
+                                        label="model (chat template)", scale=2, min_width=260,
                                         info="Token lengths and the preview use this model's chat template.")
                 limits = field_limits("training.max_length")
                 tab.max_length = gr.Number(value=512, precision=0, minimum=limits.get("min"),
                                            maximum=limits.get("max"), label="max length",
                                            info=field_help("training.max_length"))
     with gr.Group(visible=False) as tab.mapping_box:
-        gr.Markdown("**Column mapping**: the format could not be detected from the columns. Tell which column "
-                    "holds what (leave the others empty), then press Check again.")
+        gr.Markdown("**Column mapping**: the format could not be detected, or some columns are not read (see "
+                    "the warnings). Tell which column holds what (leave the others empty), then press Check again.")
         with gr.Row():
             for canonical in MAPPABLE:
                 tab.mapping[canonical] = gr.Dropdown(choices=[], value=None, label=canonical,
@@ -287,7 +291,8 @@ def _wire(gr, tab: DataTab) -> None:
         except Exception as error:  # noqa: BLE001
             return f"⚠️ {one_line(error)}", gr.skip()
         gr.Info(f"Saved as dataset {dataset_id}.")
-        return f"Saved as dataset **{dataset_id}**.", gr.update(choices=_safe(source_choices), value=dataset_id)
+        return (f"Saved as dataset **{md_escape(dataset_id)}** (use this name in the Train tab, a job config or "
+                f"`--set dataset=...`).", gr.update(choices=_safe(source_choices), value=dataset_id))
 
     tab.register_btn.click(on_register, [tab.upload, tab.dataset_name, *mapping_inputs], [tab.status, tab.source],
                            show_progress="full")
@@ -307,7 +312,7 @@ def wire_use(gr, tab: DataTab, dataset_control, stage_control, extra_outputs: li
         if not spec:
             return ["Upload a file or pick a dataset first.", gr.skip(), gr.skip()] + [gr.skip()] * len(extra_outputs)
         choices = _safe(source_choices)
-        return ([f"Dataset **{spec}** is set in the Train form.",
+        return ([f"Dataset **{md_escape(spec)}** is set in the Train form.",
                  gr.update(choices=choices, value=spec),
                  gr.update(value=stage) if stage and stage != ANY_STAGE else gr.skip()]
                 + list(extra_values()))

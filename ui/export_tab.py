@@ -65,30 +65,32 @@ def check_lines(check) -> list[str]:
 
 
 def gguf_lines(verification: dict | None) -> list[str]:
-    """The GGUF file loaded back and compared with the merged model (kind gguf)."""
+    """The GGUF file loaded back and compared with the merged model (kind gguf): which check decided and why
+    (backend.export.gguf.check_detail), as its own paragraph."""
     if not verification:
         return []
-    matched = verification.get("answers_match") or []
-    diff = verification.get("max_logit_diff")
-    bits = [f"{sum(matched)}/{len(matched)} greedy answers equal"] if matched else []
-    if diff is not None:
-        bits.insert(0, f"max |logit diff| {diff:.2e}" + (f" (tolerance {verification['tolerance']:g})"
-                                                          if verification.get("tolerance") is not None else ""))
-    verdict = "verified" if verification.get("ok") else "⚠️ not verified"
-    reason = f" — {md_escape(verification['reason'])}" if verification.get("reason") else ""
-    return [f"**GGUF {md_escape(str(verification.get('qtype', '')).upper())} check**: {verdict}"
-            + (f": {', '.join(bits)}" if bits else "") + reason]
+    from backend.export.gguf import check_detail
+
+    title = f"GGUF {md_escape(str(verification.get('qtype', '')).upper())} check"
+    mark = "**" + title + ": passed**" if verification.get("ok") else "⚠️ **" + title + ": not verified**"
+    return [f"{mark} — {md_escape(check_detail(verification))}"]
 
 
 def result_markdown(result) -> str:
-    """The export card: what was written, how long it took, the merge verification and any notes."""
+    """The export card: what was written, how long it took, the merge verification, the GGUF verification and
+    any notes, each its own block (a paragraph after a list would otherwise run into its last bullet)."""
     size = result.zip_path.stat().st_size if result.zip_path.exists() else 0
-    lines = [f"### Exported {result.job_id} ({result.kind})",
-             f"`{result.zip_path.name}` · {fmt_size(size)} · {fmt_duration(result.seconds) or '0 s'}"]
-    lines += check_lines(result.check)
-    lines += gguf_lines(getattr(result, "gguf", None))
-    lines += [f"- ⚠️ {md_escape(note)}" for note in result.notes]
-    return "\n\n".join(lines[:2]) + ("\n\n" + "\n".join(lines[2:]) if lines[2:] else "")
+    blocks = [f"### Exported {result.job_id} ({result.kind})",
+              f"`{result.zip_path.name}` · {fmt_size(size)} · {fmt_duration(result.seconds) or '0 s'}"]
+    merge = check_lines(result.check)
+    if merge:
+        blocks.append(merge[0])
+        if merge[1:]:
+            blocks.append("\n".join(merge[1:]))
+    blocks += gguf_lines(getattr(result, "gguf", None))
+    if result.notes:
+        blocks.append("\n".join(f"- ⚠️ {md_escape(note)}" for note in result.notes))
+    return "\n\n".join(blocks)
 
 
 def export_rows(job_id: str | None = None) -> list:
@@ -151,8 +153,12 @@ def build(gr) -> ExportTab:
         qtypes = list(gguf_qtypes())
         tab.qtype = gr.Dropdown(qtypes, value=qtypes[0] if qtypes else None, label="quantisation (GGUF)",
                                 visible=False, scale=2)
-    tab.export_btn = gr.Button("Export and zip", variant="primary", elem_classes=["ls-export-btn"])
-    tab.status = gr.Markdown(elem_classes=["ls-export-status"])
+    # the progress bar is drawn on `status` only (wire: show_progress_on), which sits right of the button, not
+    # over every output (the "Earlier exports" table is an output too)
+    with gr.Row(equal_height=True, elem_classes=["ls-export-actions"]):
+        tab.export_btn = gr.Button("Export and zip", variant="primary", scale=0, min_width=180,
+                                   elem_classes=["ls-export-btn"])
+        tab.status = gr.Markdown(elem_classes=["ls-export-status"])
     tab.card = gr.Markdown(elem_classes=["ls-export-card"])
     tab.download = gr.DownloadButton("Download zip", visible=False, variant="primary",
                                      elem_classes=["ls-export-download"])
@@ -204,7 +210,8 @@ def wire(gr, tab: ExportTab, tab_item=None) -> None:
                 exports_markdown(files), gr.update(choices=export_choices(files), value=path))
 
     tab.export_btn.click(do_export, [tab.job, tab.kind, tab.dtype, tab.qtype],
-                         [tab.status, tab.card, tab.download, tab.listing, tab.earlier])
+                         [tab.status, tab.card, tab.download, tab.listing, tab.earlier],
+                         show_progress="full", show_progress_on=[tab.status])
 
     def choose(path):
         if not path:

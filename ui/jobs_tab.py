@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import html
 import os
+import re
 from dataclasses import dataclass
 
 from backend import jobs, workspace
-from backend.jobs.summary import JobSummary, needs_metrics, summarize
+from backend.jobs.summary import JobSummary, dataset_display, needs_metrics, summarize
 from backend.metrics import Metrics
 from backend.vocab import FINAL_STATUSES, JobStatus
 from workers import control
-from ui.common import fmt_duration, fmt_time, md_escape, one_line
+from ui.common import fmt_duration, fmt_time, fmt_value, md_escape, one_line
 
 REFRESH_S = 2.0
 SMOOTHING = 0.6
+# one colour per series, whatever else is drawn (a trace's colour must not change when eval loss appears)
+SERIES_COLOURS = {"train loss (raw)": "#90caf9", "train loss (smoothed)": "#1565c0", "eval loss": "#ef6c00",
+                  "learning rate": "#2e7d32", "grad norm": "#6a1b9a", "tokens / s": "#00838f"}
+JOB_COLOURS = ("#1565c0", "#ef6c00", "#2e7d32", "#c62828", "#6a1b9a", "#00838f", "#6d4c41", "#ad1457")
 STATUS_COLOURS = {JobStatus.QUEUED: "#607d8b", JobStatus.RUNNING: "#1565c0", JobStatus.COMPLETED: "#2e7d32",
                   JobStatus.FAILED: "#c62828", JobStatus.CANCELLED: "#6d4c41", JobStatus.INTERRUPTED: "#ef6c00"}
 
@@ -64,9 +69,10 @@ def metrics_signature(job_id: str | None) -> tuple:
 def job_row(summary: JobSummary) -> dict:
     """What the table shows of one job."""
     return {"id": summary.id, "name": summary.name, "status": summary.status, "method": summary.method,
-            "stage": summary.stage, "model": summary.model, "dataset": summary.dataset, "step": summary.step,
+            "stage": summary.stage, "model": summary.model, "dataset": summary.dataset_name or summary.dataset,
+            "step": summary.step,
             "total": summary.total_steps or 0, "progress": summary.progress, "eta_s": summary.eta_s,
-            "loss": summary.loss, "reason": summary.reason, "created": summary.created}
+            "loss": summary.loss, "reason": summary.reason, "created": summary.created, "phase": summary.phase}
 
 
 def job_rows() -> list[dict]:
@@ -89,11 +95,12 @@ def jobs_table_html(rows: list[dict]) -> str:
         loss = f"{r['loss']:.4f}" if isinstance(r["loss"], (int, float)) else ""
         name = f" <small>{html.escape(r['name'])}</small>" if r["name"] else ""
         title = f" title='{html.escape(r['reason'] or '', quote=True)}'" if r["reason"] else ""
+        phase = f" <small class='ls-phase'>{html.escape(r['phase'])}</small>" if r.get("phase") else ""
         body.append(
             f"<tr class='ls-job' data-job='{r['id']}' data-status='{r['status']}'>"
             f"<td><code>{r['id']}</code>{name}</td>"
             f"<td><span class='ls-status'{title} style='color:white;background:{colour};padding:1px 8px;"
-            f"border-radius:8px'>{r['status']}</span></td>"
+            f"border-radius:8px'>{r['status']}</span>{phase}</td>"
             f"<td>{r['method']}</td><td>{r['stage']}</td>"
             f"<td><progress max='1' value='{r['progress']:.3f}' style='width:110px'></progress> "
             f"{r['progress'] * 100:.0f}%</td>"
@@ -103,7 +110,12 @@ def jobs_table_html(rows: list[dict]) -> str:
 
 
 def job_choices(rows: list[dict]) -> list[tuple[str, str]]:
-    return [(f"{r['id']} · {r['status']}" + (f" · {r['name']}" if r["name"] else ""), r["id"]) for r in rows]
+    """Selector labels: id · status (· phase while running, without its batch count) (· name)."""
+    def phase(r):
+        name = re.sub(r" \d+/\d+$", "", r.get("phase") or "")
+        return f" ({name})" if name else ""
+    return [(f"{r['id']} · {r['status']}{phase(r)}" + (f" · {r['name']}" if r["name"] else ""), r["id"])
+            for r in rows]
 
 
 def status_changes(previous: dict | None, rows: list[dict]) -> tuple[dict, list[tuple[str, str]]]:
@@ -138,13 +150,13 @@ def job_detail_markdown(job_id: str | None) -> str:
         return f"Job {job_id} no longer exists."
     eta = summarize(job, metrics_of(job.id) if job.status == JobStatus.RUNNING else Metrics()).eta_s
     r = job.results
-    lines = [f"**{job.id}** {md_escape(job.name)} — **{job.status}** · {job.stage}/{job.method} · "
-             f"model `{md_escape(job.model)}` · dataset `{md_escape(job.dataset)}`",
+    phase = f" ({job.phase_label})" if job.phase_label else ""
+    lines = [f"**{job.id}** {md_escape(job.name)} — **{job.status}**{phase} · {job.stage}/{job.method} · "
+             f"model `{md_escape(job.model)}` · dataset `{md_escape(dataset_display(job.dataset))}`",
              f"step {job.step} / {job.total_steps or '?'}" + (f" · ETA {fmt_duration(eta)}" if eta else "")
              + f" · attempts {job.attempts}" + (f" · crashes {job.crashes}" if job.crashes else "")]
     if r:
-        bits = [f"{k.replace('_', ' ')} {v:.4f}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
-                for k, v in r.items() if k in ("first_train_loss", "final_train_loss", "final_eval_loss",
+        bits = [fmt_value(k, v) for k, v in r.items() if k in ("first_train_loss", "final_train_loss", "final_eval_loss",
                                                "wall_time_s", "trainable_parameters") and v is not None]
         lines.append(" · ".join(bits))
     if job.reason:
@@ -175,7 +187,8 @@ PANELS = (("loss", "loss"), ("learning rate", "learning_rate"), ("grad norm", "g
 
 def metrics_figure(job_id: str | None):
     """Train loss (raw + smoothed) with eval loss, learning rate, grad norm, tokens/s: four panels in one
-    figure (domains set by hand; cheaper than make_subplots). Empty panels say why."""
+    figure (domains set by hand; cheaper than make_subplots), each series in its own fixed colour. Nothing
+    logged yet: one message in the middle, no empty axes. An empty panel says why in its own box."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -190,7 +203,21 @@ def metrics_figure(job_id: str | None):
             every = job.config.training.logging_steps
         except Exception:  # noqa: BLE001
             pass
+    if not any(_series(metrics, key)[0] for _, key in PANELS):
+        fig.update_layout(height=600, margin={"l": 60, "r": 20, "t": 30, "b": 70},
+                          xaxis={"visible": False}, yaxis={"visible": False},
+                          annotations=[{"text": _empty_reason(job, "loss", every), "xref": "paper", "yref": "paper",
+                                        "x": 0.5, "y": 0.5, "showarrow": False,
+                                        "font": {"size": 13, "color": "#888"}}])
+        return fig
     annotations = []
+
+    def line(name, xs, ys, ref, mode, **line_style):
+        colour = SERIES_COLOURS[name]
+        fig.add_trace(go.Scatter(x=xs, y=ys, name=name, mode=mode, line={"color": colour, **line_style},
+                                 marker={"color": colour}, opacity=0.6 if name == "train loss (raw)" else 1.0,
+                                 **ref))
+
     for index, (title, key) in enumerate(PANELS):
         axis = "" if index == 0 else str(index + 1)
         xd, yd = domains[index]
@@ -201,17 +228,19 @@ def metrics_figure(job_id: str | None):
         xs, ys = _series(metrics, key)
         ref = {"xaxis": f"x{axis}", "yaxis": f"y{axis}"}
         if xs:
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers" if len(xs) < 30 else "lines",
-                                     name=title if key != "loss" else "train loss (raw)",
-                                     line={"width": 1}, opacity=0.45 if key == "loss" else 1.0, **ref))
+            mode = "lines+markers" if len(xs) < 30 else "lines"
             if key == "loss":
-                fig.add_trace(go.Scatter(x=xs, y=_ema(ys), mode="lines", name="train loss (smoothed)",
-                                         line={"width": 2.5}, **ref))
+                line("train loss (raw)", xs, ys, ref, mode, width=1)
+                line("train loss (smoothed)", xs, _ema(ys), ref, "lines", width=2.5)
                 ex, ey = _series(metrics, "eval_loss")
                 if ex:
-                    fig.add_trace(go.Scatter(x=ex, y=ey, mode="lines+markers", name="eval loss",
-                                             line={"dash": "dash"}, **ref))
-        else:
+                    line("eval loss", ex, ey, ref, "lines+markers", dash="dash")
+            else:
+                line(title, xs, ys, ref, mode, width=1)
+        else:  # an empty trace makes the panel's axes exist, so its message sits in its own box
+            fig.add_trace(go.Scatter(x=[], y=[], showlegend=False, hoverinfo="skip", **ref))
+            layout[f"xaxis{axis}"].update(showticklabels=False, showgrid=False, zeroline=False)
+            layout[f"yaxis{axis}"].update(showticklabels=False, showgrid=False, zeroline=False)
             annotations.append({"text": _empty_reason(job, key, every), "xref": f"x{axis} domain",
                                 "yref": f"y{axis} domain", "x": 0.5, "y": 0.5, "showarrow": False,
                                 "font": {"size": 12, "color": "#888"}})
@@ -249,15 +278,18 @@ def compare_figure(job_ids: list[str] | None):
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for job_id in job_ids or []:
+    for index, job_id in enumerate(job_ids or []):  # one colour per job: train solid, eval dashed
+        colour = JOB_COLOURS[index % len(JOB_COLOURS)]
         metrics = metrics_of(job_id)
         xs, ys = _series(metrics, "loss")
         if xs:
-            fig.add_trace(go.Scatter(x=xs, y=_ema(ys), mode="lines", name=f"{job_id} train"))
+            fig.add_trace(go.Scatter(x=xs, y=_ema(ys), mode="lines", name=f"{job_id} train",
+                                     line={"color": colour}, legendgroup=job_id))
         ex, ey = _series(metrics, "eval_loss")
         if ex:
             fig.add_trace(go.Scatter(x=ex, y=ey, mode="lines+markers", name=f"{job_id} eval",
-                                     line={"dash": "dash"}))
+                                     line={"dash": "dash", "color": colour}, marker={"color": colour},
+                                     legendgroup=job_id))
     if not fig.data:
         fig.add_annotation(text="pick two or more jobs with logged steps to compare their loss curves",
                            xref="paper", yref="paper", x=0.5, y=0.5, showarrow=False)
@@ -299,6 +331,48 @@ def refresh(selected: str | None, previous_statuses: dict | None, last_signature
                    signature=signature)
 
 
+@dataclass
+class Tick:
+    """What one timer tick changes: the refresh of the job shown, and the other state on the page."""
+    result: Refresh
+    notes: list             # toasts to raise
+    selected: str | None    # the job shown (another one when the selected job is gone)
+    choices: list | None    # new selector (and compare) labels; None: unchanged since shown_choices
+    clear_action: bool      # the action message is out of date: its job's status moved on
+    action_for: tuple | None
+
+
+REFRESH_FAILED = ("", "refresh failed")   # action_for of a refresh error: cleared by the next good refresh
+
+
+def plan_tick(selected: str | None, previous: dict | None, last_signature, shown_choices,
+              action_for) -> Tick:
+    """One tick as plain values (tested without a browser). Labels of the selector are redrawn whenever one
+    changed (a status or a phase), not only when the set of jobs changed; an action's message ("queued again;
+    it continues...") is cleared once the status it spoke of is no longer the job's status."""
+    result = refresh(selected, previous, last_signature)
+    notes = result.notes
+    ids = [choice[1] for choice in result.choices]
+    value = selected if selected in ids else (ids[0] if ids else None)
+    if value != selected:
+        result = refresh(value, result.statuses, None)
+    shown = [tuple(choice) for choice in shown_choices] if shown_choices else None
+    choices = result.choices if value != selected or shown != result.choices else None
+    clear = False
+    if action_for:
+        job_id, status = action_for
+        if result.statuses.get(job_id) != status:
+            clear, action_for = True, None
+    return Tick(result=result, notes=notes, selected=value, choices=choices, clear_action=clear,
+                action_for=action_for)
+
+
+def action_state(job_id: str | None) -> tuple | None:
+    """(job id, status now) right after an action on it: its message stays until that status changes."""
+    job = jobs.get(job_id) if job_id else None
+    return (job.id, str(job.status)) if job else None
+
+
 # ---------------------------------------------------------------- gradio wiring
 
 @dataclass
@@ -322,6 +396,8 @@ class JobsTab:
     compare_chart: object = None
     statuses: object = None       # gr.State: {job id: status} last seen by this page (toasts)
     signature: object = None      # gr.State: metrics signature of the chart shown
+    shown_choices: object = None  # gr.State: the selector's labels as last sent (redrawn when one changes)
+    action_for: object = None     # gr.State: (job id, its status) an action message speaks of; cleared after
     timer: object = None
 
 
@@ -353,6 +429,8 @@ def build(gr) -> JobsTab:
         tab.compare_chart = gr.Plot(label="loss by job")
     tab.statuses = gr.State(None)
     tab.signature = gr.State(None)
+    tab.shown_choices = gr.State(None)
+    tab.action_for = gr.State(None)
     return tab
 
 
@@ -367,52 +445,54 @@ def wire(gr, tab: JobsTab, timer, clone_outputs: list, on_clone):
     """Timer refresh (+ toasts on any tab), selection, actions. `on_clone(config dict)` -> {component: value}
     for clone_outputs. Returns (tick, inputs, outputs) so the app can also run the refresh on page load."""
 
-    def tick(selected, previous, last_sig):
+    def tick(selected, previous, last_sig, shown_choices, action_for):
         try:
-            result = refresh(selected, previous, last_sig)
+            plan = plan_tick(selected, previous, last_sig, shown_choices, action_for)
         except Exception as error:  # noqa: BLE001 - keep the page alive; say why once
-            return {tab.statuses: previous, tab.signature: last_sig,
+            return {tab.statuses: previous, tab.signature: last_sig, tab.action_for: REFRESH_FAILED,
                     tab.action_status: f"⚠️ refresh failed: {one_line(error)}"}
-        for level, message in result.notes:
+        for level, message in plan.notes:
             (gr.Info if level == "info" else gr.Warning)(message)
-        ids = [c[1] for c in result.choices]
-        value = selected if selected in ids else (ids[0] if ids else None)
+        result = plan.result
         changed = {}
-        if value != selected or previous is None or set(ids) != set(previous or {}):
-            changed[tab.selector] = gr.update(choices=result.choices, value=value)
-        if value != selected:
-            result = refresh(value, result.statuses, None)
+        if plan.choices is not None:
+            changed[tab.selector] = gr.update(choices=plan.choices, value=plan.selected)
+            changed[tab.compare_select] = gr.update(choices=plan.choices)
+            changed[tab.shown_choices] = plan.choices
+        if plan.clear_action:
+            changed[tab.action_status] = ""
         if result.figure is not None:
             changed[tab.chart] = result.figure
         return {tab.table: result.table_html, tab.statuses: result.statuses, tab.detail: result.detail,
-                tab.log: result.log, tab.signature: result.signature, **changed}
+                tab.log: result.log, tab.signature: result.signature, tab.action_for: plan.action_for, **changed}
 
     outputs = [tab.table, tab.selector, tab.statuses, tab.detail, tab.chart, tab.log, tab.signature,
-               tab.action_status]
-    tick_inputs = [tab.selector, tab.statuses, tab.signature]
+               tab.action_status, tab.compare_select, tab.shown_choices, tab.action_for]
+    tick_inputs = [tab.selector, tab.statuses, tab.signature, tab.shown_choices, tab.action_for]
     timer.tick(tick, tick_inputs, outputs, show_progress="hidden")
 
     def on_select(job_id):
-        return job_detail_markdown(job_id), metrics_figure(job_id), log_tail(job_id), metrics_signature(job_id)
+        return (job_detail_markdown(job_id), metrics_figure(job_id), log_tail(job_id), metrics_signature(job_id),
+                "", None)
 
-    tab.selector.input(on_select, tab.selector, [tab.detail, tab.chart, tab.log, tab.signature],
-                       show_progress="hidden")
+    tab.selector.input(on_select, tab.selector, [tab.detail, tab.chart, tab.log, tab.signature,
+                                                 tab.action_status, tab.action_for], show_progress="hidden")
 
     def act(fn):
         def handler(job_id):
             if not job_id:
-                return "Select a job first."
+                return "Select a job first.", None
             try:
                 message = fn(job_id)
             except Exception as error:  # noqa: BLE001
                 gr.Warning(one_line(error))
-                return f"⚠️ {one_line(error)}"
+                return f"⚠️ {one_line(error)}", None
             gr.Info(message)
-            return message
+            return message, action_state(job_id)
         return handler
 
-    tab.cancel_btn.click(act(control.cancel_job), tab.selector, tab.action_status)
-    tab.resume_btn.click(act(control.resume_job), tab.selector, tab.action_status)
+    tab.cancel_btn.click(act(control.cancel_job), tab.selector, [tab.action_status, tab.action_for])
+    tab.resume_btn.click(act(control.resume_job), tab.selector, [tab.action_status, tab.action_for])
 
     def ask_delete(job_id):
         if not job_id:

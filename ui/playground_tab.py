@@ -21,6 +21,11 @@ N_COLUMNS = 3
 DEFAULT_TITLES = ("base", "adapter", "merged")
 BATCH_SOURCES = ("typed", "uploaded file", "eval split")
 SETTING_NAMES = tuple(f.name for f in fields(GenerationSettings))
+# Seconds between two streamed updates of a column (its final answer is always sent). Each update costs the
+# server a post-process + diff + JSON of the columns and the browser a Markdown render, on the cores that
+# generate: one update per token held the columns near 10 tokens/s on 2 cores (bench/playground.py
+# --streaming measures it); 0.2 s (5 updates/s) still reads as live streaming.
+STREAM_INTERVAL_S = 0.2
 
 # ---------------------------------------------------------------- settings
 
@@ -79,6 +84,19 @@ def short_title(title: str, width: int = 40) -> str:
     return title if len(title) <= width else title[:width - 1].rstrip() + "…"
 
 
+def column_label(title: str) -> str:
+    """The chatbot's own label: the column's role only ("merged", "A · job-id"); a narrow column's label is cut by
+    the browser, so the whole title is the column heading above it (column_heading), which wraps."""
+    head = title.split(" (")[0] if title.startswith(("A · ", "B · ")) else title.split(" · ")[0]
+    return short_title(head, 24)
+
+
+def column_heading(title: str) -> str:
+    """The full column title as Markdown (wraps in a narrow column instead of being cut)."""
+    role, sep, rest = title.partition(" · ")
+    return f"**{md_escape(role)}**" + (f" · {md_escape(rest)}" if sep else "")
+
+
 def session_markdown(session) -> str:
     lines = [f"**{' vs '.join(session.job_ids)}** · columns: " + " | ".join(md_escape(t) for t in titles(session))]
     lines += [f"- {md_escape(note)}" for note in session.notes]
@@ -100,9 +118,17 @@ def _copy(histories) -> list[list[dict]]:
     return copy.deepcopy(list(histories or new_histories()))
 
 
-def answer_turn(session, histories, settings: GenerationSettings, message: str | None = None):
+def answer_turn(session, histories, settings: GenerationSettings, message: str | None = None,
+                interval: float | None = None):
     """Add `message` (None: answer the existing last user turn again) and stream every column, one after the
-    other. Yields (histories, stats lines); each column sees only its own previous answers."""
+    other. Yields (histories, stats lines); each column sees only its own previous answers.
+
+    Updates are coalesced to at most one per `interval` seconds (STREAM_INTERVAL_S; 0 = one per streamed
+    piece) plus each column's final one: every update is post-processed, serialised and sent by Gradio's
+    server while the model generates on the same cores (see STREAM_INTERVAL_S)."""
+    import time
+
+    interval = STREAM_INTERVAL_S if interval is None else interval
     histories = _copy(histories)
     while len(histories) < len(session.columns):
         histories.append([])
@@ -118,13 +144,24 @@ def answer_turn(session, histories, settings: GenerationSettings, message: str |
         history.append({"role": "assistant", "content": ""})
         lines[i] = "⏳ waiting for the first token"
         yield _copy(histories), list(lines)
+        shown_at = time.perf_counter()
         for stats in session.stream(column.key, asked, settings):
             history[-1] = {"role": "assistant", "content": stats.text}
             lines[i] = stats_line(stats)
-            yield _copy(histories), list(lines)
+            now = time.perf_counter()
+            if stats.done or now - shown_at >= interval:
+                shown_at = now
+                yield _copy(histories), list(lines)
         if not history[-1]["content"]:
             history[-1] = {"role": "assistant", "content": "(empty answer)"}
             yield _copy(histories), list(lines)
+
+
+def streaming_update(tab, histories, lines) -> dict:
+    """The outputs of one streamed update: the histories State and the column being streamed (columns answer in
+    order, so it is the last one with a stats line), not every chat, title and line again."""
+    live = max((i for i, line in enumerate(lines) if line), default=0)
+    return {tab.histories: histories, tab.chats[live]: histories[live], tab.stats[live]: lines[live]}
 
 
 def drop_last_answers(histories) -> list[list[dict]]:
@@ -191,7 +228,8 @@ class PlaygroundTab:
     job_b: object = None
     load_btn: object = None
     info: object = None
-    chats: list = field(default_factory=list)       # three gr.Chatbot
+    headings: list = field(default_factory=list)    # three gr.Markdown: the full column titles (they wrap)
+    chats: list = field(default_factory=list)       # three gr.Chatbot (labelled with the column's role only)
     stats: list = field(default_factory=list)       # three gr.Markdown under them
     check: object = None                            # merge verification (under the merged column)
     message: object = None
@@ -249,9 +287,12 @@ def build(gr) -> PlaygroundTab:
         tab.load_btn = gr.Button("Load", scale=1)
     tab.info = gr.Markdown("Pick a job and send a message; the models load on the first message (up to ~30 s "
                            "on a CPU).", elem_classes=["ls-pg-info"])
-    with gr.Row(equal_height=True):
+    # not equal_height: that stretches the merged column (it also holds the merge check) and shifts its chat
+    with gr.Row(equal_height=False):
         for i in range(N_COLUMNS):
             with gr.Column(min_width=260):
+                tab.headings.append(gr.Markdown(f"**{DEFAULT_TITLES[i]}**", elem_classes=[f"ls-col-title-{i}",
+                                                                                         "ls-col-title"]))
                 tab.chats.append(gr.Chatbot(label=DEFAULT_TITLES[i], height=380, buttons=["copy", "copy_all"],
                                             elem_classes=[f"ls-col-{i}"]))
                 tab.stats.append(gr.Markdown(elem_classes=[f"ls-stats-{i}"]))
@@ -298,12 +339,13 @@ def wire(gr, tab: PlaygroundTab, tab_item=None) -> None:
         tab_item.select(refresh_jobs, [tab.job, tab.job_b], [tab.job, tab.job_b], show_progress="hidden")
     tab.compare.change(lambda on: gr.update(visible=bool(on)), tab.compare, tab.job_b, show_progress="hidden")
 
-    chat_outputs = [tab.histories, *tab.chats, *tab.stats, tab.check, tab.info, tab.status]
+    chat_outputs = [tab.histories, *tab.chats, *tab.stats, tab.check, tab.info, tab.status, *tab.headings]
 
     def view(session, histories, lines, status, check=None):
-        names = [short_title(t) for t in titles(session)] if session is not None else list(DEFAULT_TITLES)
+        full = titles(session) if session is not None else list(DEFAULT_TITLES)
         out = {tab.histories: histories, tab.status: status}
-        out.update({chat: gr.update(value=h, label=n) for chat, h, n in zip(tab.chats, histories, names)})
+        out.update({chat: gr.update(value=h, label=column_label(t)) for chat, h, t in zip(tab.chats, histories, full)})
+        out.update({heading: column_heading(t) for heading, t in zip(tab.headings, full)})
         out.update(zip(tab.stats, lines))
         if check is not None:
             out[tab.check] = check
@@ -330,8 +372,10 @@ def wire(gr, tab: PlaygroundTab, tab_item=None) -> None:
             if session.check is not None and not session.check.ok:
                 gr.Warning(f"Merge check: {session.check.summary()}")
             shown = None
-            for shown, lines in answer_turn(session, histories, settings, message):
-                yield view(session, shown, lines, "answering…", check_markdown(session))
+            for number, (shown, lines) in enumerate(answer_turn(session, histories, settings, message)):
+                # the first update draws everything; later ones carry only the column that changed
+                yield view(session, shown, lines, "answering…", check_markdown(session)) if number == 0 else \
+                    streaming_update(tab, shown, lines)
             if shown is not None:
                 yield view(session, shown, lines, "", check_markdown(session))
         except Exception as error:  # noqa: BLE001 - one sentence in the page, the trace in the log

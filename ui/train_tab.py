@@ -11,7 +11,6 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from backend.config import JobConfig, field_help, field_limits
 from backend.jobs import presets
@@ -27,7 +26,8 @@ SECTIONS = {
     "LoRA": ["lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "lora.rslora", "lora.loraplus_ratio"],
     "Training": ["training.max_steps", "training.epochs", "training.learning_rate", "training.batch_size",
                  "training.grad_accum", "training.max_length", "training.eval_fraction", "training.seed",
-                 "training.save_steps", "training.logging_steps", "training.eval_steps", "training.warmup_ratio",
+                 "training.save_steps", "training.logging_steps", "training.eval_steps", "training.eval_max_rows",
+                 "training.eval_batch_size", "training.warmup_ratio",
                  "training.lr_scheduler", "training.weight_decay", "training.max_grad_norm",
                  "training.gradient_checkpointing", "training.auto_batch_size", "training.precision",
                  "training.batching"],
@@ -336,10 +336,10 @@ def _control(gr, path: str, value):
     label = path.split(".")[-1].replace("_", " ")
     if path == "model":
         return gr.Dropdown(choices=_safe(model_choices), value=value, label="base model", info=info,
-                           allow_custom_value=True)
+                           allow_custom_value=True, min_width=300, scale=2, elem_classes=["ls-train-wide"])
     if path == "dataset":
         return gr.Dropdown(choices=_safe(dataset_choices), value=value, label="dataset", info=info,
-                           allow_custom_value=True)
+                           allow_custom_value=True, min_width=300, scale=2, elem_classes=["ls-train-wide"])
     if path == "method":
         return gr.Radio(choices=[(METHODS[Method(m)].label, m) for m in limits["choices"]], value=value, label="method",
                         info=info)

@@ -9,9 +9,9 @@ Public API:
     preview(...) / stats figures: see backend.data.preview and backend.data.stats
     FORMATS (name -> Format: label, kind, normaliser), Kind (chat / preference / kto and the stages each feeds),
     Problem (one finding of a normaliser, before it is grouped into the report's IssueGroups)
-`spec` is a demo name, a registered dataset id (datasets/<id>/) or a file path inside the allowed folders
-(see readers). Modules: readers (files), formats (shapes), validate (checks), report, tokens, registry,
-preview, stats; render and demo belong to the training core.
+`spec` is a demo name, a registered dataset id (datasets/<id>/), the name it was saved under, or a file path
+inside the allowed folders (see readers). Modules: readers (files), formats (shapes), validate (checks), report,
+tokens, registry, preview, stats; render and demo belong to the training core.
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend.data.formats import FORMATS, Format, Kind
-from backend.data.registry import (DataError, dataset_info, delete_dataset, ensure_demo_datasets, list_datasets,
-                                   register_upload, resolve)
+from backend.data.registry import (DataError, dataset_info, delete_dataset, display_name, ensure_demo_datasets,
+                                   find_by_name, list_datasets, register_upload, resolve)
 from backend.data.report import IssueGroup, Problem, StageCompat, ValidationReport
 from backend.data.validate import (DEFAULT_EVAL_FRACTION, DEFAULT_MAX_LENGTH, MIN_ROWS, Scan, finish, scan,
                                    split_sizes)
@@ -28,7 +28,8 @@ from backend.vocab import Stage
 
 __all__ = ["DataError", "LoadedDataset", "ValidationReport", "IssueGroup", "StageCompat", "Problem", "FORMATS",
            "Format", "Kind", "MIN_ROWS", "validate", "load_for_stage", "register_upload", "ensure_demo_datasets",
-           "list_datasets", "dataset_info", "delete_dataset", "split_sizes", "scan_spec"]
+           "list_datasets", "dataset_info", "delete_dataset", "display_name", "find_by_name", "split_sizes",
+           "scan_spec"]
 
 
 @dataclass

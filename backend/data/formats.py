@@ -8,14 +8,18 @@ Detected shapes (FORMATS) and the kind each normalises to:
     preference           {"prompt"?, "chosen", "rejected"} (strings or message lists)         -> preference
     sharegpt_preference  {"conversations", "chosen", "rejected"} (chosen/rejected: one message) -> preference
     kto                  {"prompt", "completion", "label"} (label bool, 0/1, "true"/"false")   -> kto
+    kto_messages         {"messages" | "conversations", "label", "system"?, "tools"?}: the last turn (an
+                         assistant turn) is the labelled completion, the turns before it the prompt  -> kto
 
 Canonical kinds (message lists use role/content; chosen, rejected and completion hold assistant turns, the
 TRL conversational format):
     chat        {"messages": [...], "tools"?: [...]}
     preference  {"prompt": [...], "chosen": [...], "rejected": [...], "tools"?: [...]}
-    kto         {"prompt": [...], "completion": [...], "label": bool}
-The stages each kind can feed: Kind.stages. Normalisers append Problem(severity, field, message, stages) to
-`problems`, with messages that name no row (the caller adds it, and groups them).
+    kto         {"prompt": [...], "completion": [...], "label": bool, "tools"?: [...]}
+The stages each kind can feed: Kind.stages. Format.columns: the columns a format reads; every other column of
+a file is reported as ignored (validate), with what it would be for (COLUMN_PURPOSES). Normalisers append
+Problem(severity, field, message, stages) to `problems`, with messages that name no row (the caller adds it, and
+groups them).
 """
 from __future__ import annotations
 
@@ -54,6 +58,7 @@ class Format:
     label: str
     kind: Kind
     normalise: Callable[[dict, list[Problem]], dict | None]
+    columns: tuple[str, ...] = ()    # the columns this format reads (any other column is ignored)
 
 
 ROLES = {"system", "user", "assistant", "tool"}
@@ -64,7 +69,29 @@ TRUE_LABELS = {"true", "1", "yes", "y", "up", "thumbs_up", "good", "desirable"}
 FALSE_LABELS = {"false", "0", "no", "n", "down", "thumbs_down", "bad", "undesirable"}
 PREF_STAGES = tuple(s for s in Stage if s.is_preference)
 EXPECTED_COLUMNS = ("messages | conversations | instruction+output | prompt+completion | "
-                    "prompt+chosen+rejected | prompt+completion+label")
+                    "prompt+chosen+rejected | prompt+completion+label | messages+label")
+# what a column no format reads would be for, in the warning that says it is ignored
+COLUMN_PURPOSES = {
+    "tools": "function schemas the model may call",
+    "label": "a good / bad mark on the answer (KTO)",
+    "system": "a system prompt",
+    "chosen": "the preferred answer of a preference pair",
+    "rejected": "the worse answer of a preference pair",
+    "prompt": "the prompt",
+    "completion": "the answer",
+    "messages": "a conversation",
+    "conversations": "a conversation",
+    "instruction": "an instruction (Alpaca)",
+    "input": "the input of an instruction (Alpaca)",
+    "output": "the answer to an instruction (Alpaca)",
+    "history": "earlier question / answer pairs (Alpaca)",
+    "text": "plain text",
+    "id": "a row identifier",
+    "source": "where the row comes from",
+    "score": "a rating of the answer",
+    "rating": "a rating of the answer",
+}
+METADATA_COLUMNS = {"id", "source", "score", "rating"}
 
 
 def row_format(row: dict) -> str | None:
@@ -76,6 +103,8 @@ def row_format(row: dict) -> str | None:
     if "completion" in row and "label" in row:
         return "kto"
     conv = row.get("messages", row.get("conversations"))
+    if conv is not None and "label" in row and "prompt" not in row:
+        return "kto_messages"
     if conv is not None:
         first = conv[0] if isinstance(conv, list) and conv else None
         if isinstance(first, dict) and ("from" in first or "value" in first) and "role" not in first:
@@ -422,29 +451,100 @@ def parse_label(value):
     return None
 
 
+def _label(row, problems):
+    label = parse_label(row.get("label"))
+    if label is None:
+        shown = json.dumps(row.get("label"), ensure_ascii=False, default=str)[:40]
+        problems.append(Problem("error", "label", f"label must be true or false (or 1/0), got {shown}; mark the "
+                                                  "answer good (true) or bad (false)"))
+    return label
+
+
+def _kto_row(row, prompt, completion, label, tools):
+    out = {"prompt": _system(row, prompt), "completion": completion, "label": label}
+    if tools:
+        out["tools"] = tools
+    return out
+
+
 def _n_kto(row, problems):
     prompt = _side(row.get("prompt"), "prompt", problems, "user")
     completion = _answer(_side(row.get("completion"), "completion", problems, "assistant"), "completion",
                          problems)
-    label = parse_label(row.get("label"))
-    if label is None:
-        shown = json.dumps(row.get("label"), ensure_ascii=False)[:40]
-        problems.append(Problem("error", "label", f"label must be true or false (or 1/0), got {shown}"))
+    label = _label(row, problems)
+    tools = _tools(row, problems)
     if prompt is None or completion is None or label is None:
         return None
-    return {"prompt": _system(row, prompt), "completion": completion, "label": label}
+    return _kto_row(row, prompt, completion, label, tools)
 
 
+def _n_kto_messages(row, problems):
+    """A whole conversation plus a label: the last turn is the labelled answer, the turns before it the prompt
+    (TRL's conversational KTO rows split the same way)."""
+    key = "messages" if "messages" in row else "conversations"
+    value = row.get(key)
+    first = value[0] if isinstance(value, list) and value else None
+    sharegpt = isinstance(first, dict) and ("from" in first or "value" in first) and "role" not in first
+    messages = (norm_sharegpt if sharegpt else norm_messages)(value, key, problems)
+    label = _label(row, problems)
+    tools = _tools(row, problems)
+    if messages is None:
+        return None
+    last = len(messages) - 1
+    if messages[last]["role"] != "assistant":
+        problems.append(Problem("error", f"{key}[{last}]", f"the conversation ends with a {messages[last]['role']} "
+                                "turn, but with a label column its last turn is the answer being labelled; end "
+                                "it with the assistant answer"))
+        return None
+    if not any(m["role"] in ("user", "tool") for m in messages[:last]):
+        problems.append(Problem("error", key, "the conversation has no user turn before the labelled answer, so "
+                                              "there is no prompt; add the user message"))
+        return None
+    if label is None:
+        return None
+    return _kto_row(row, messages[:last], messages[last:], label, tools)
+
+
+_CONV = ("messages", "conversations")
 FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("messages", "OpenAI chat messages", Kind.CHAT, _n_messages),
-    Format("sharegpt", "ShareGPT conversations (from/value)", Kind.CHAT, _n_sharegpt),
-    Format("alpaca", "Alpaca instruction/input/output", Kind.CHAT, _n_alpaca),
-    Format("prompt_completion", "prompt/completion", Kind.CHAT, _n_prompt_completion),
-    Format("preference", "preference pairs (prompt/chosen/rejected)", Kind.PREFERENCE, _n_preference),
+    Format("messages", "OpenAI chat messages", Kind.CHAT, _n_messages, (*_CONV, "system", "tools")),
+    Format("sharegpt", "ShareGPT conversations (from/value)", Kind.CHAT, _n_sharegpt, (*_CONV, "system", "tools")),
+    Format("alpaca", "Alpaca instruction/input/output", Kind.CHAT, _n_alpaca,
+           ("instruction", "input", "output", "system", "history")),
+    Format("prompt_completion", "prompt/completion", Kind.CHAT, _n_prompt_completion,
+           ("prompt", "completion", "system")),
+    Format("preference", "preference pairs (prompt/chosen/rejected)", Kind.PREFERENCE, _n_preference,
+           ("prompt", "chosen", "rejected", "system", "tools")),
     Format("sharegpt_preference", "ShareGPT preference pairs (conversations/chosen/rejected)", Kind.PREFERENCE,
-           _n_sharegpt_preference),
-    Format("kto", "KTO (prompt/completion/label)", Kind.KTO, _n_kto),
+           _n_sharegpt_preference, (*_CONV, "chosen", "rejected", "system", "tools")),
+    Format("kto", "KTO (prompt/completion/label)", Kind.KTO, _n_kto,
+           ("prompt", "completion", "label", "system", "tools")),
+    Format("kto_messages", "KTO conversations (messages/label)", Kind.KTO,
+           _n_kto_messages, (*_CONV, "label", "system", "tools")),
 )}
+
+
+def ignored_column(fmt: str, column: str) -> str | None:
+    """The warning for a column the format does not read (None when it reads it)."""
+    spec = FORMATS[fmt]
+    if column in spec.columns:
+        return None
+    purpose = COLUMN_PURPOSES.get(column)
+    if column == "label" and spec.kind != Kind.KTO:
+        use = ("labels only count with one answer per row: KTO reads prompt+completion+label or messages+label, "
+               "so drop the column or reshape the rows")
+    elif column == "tools":
+        use = ("only conversation and preference formats pass tools to the chat template; use the messages "
+               "format if the rows call functions")
+    elif column in METADATA_COLUMNS:
+        use = "nothing to do if it is only metadata"
+    elif purpose is None:
+        use = "map it onto a column the format reads if it holds training text, or drop it"
+    else:
+        use = "map it onto a column the format reads if it should be trained, or drop it"
+    what = f" (it looks like {purpose})" if purpose else ""
+    return (f"column '{column}' is not read by the {spec.label} format, so its values are left out of "
+            f"training{what}; {use}")
 
 
 def format_label(name: str | None, default: str | None = None) -> str | None:
@@ -485,10 +585,11 @@ def incompatibility(kind: str, fmt: str, stage: str) -> str | None:
         return None
     name = format_label(fmt)
     if stage in (Stage.DPO, Stage.ORPO):
+        what = "single answers labelled good or bad (KTO data); use stage kto or sft" if kind == Kind.KTO else \
+            "a single answer per prompt (SFT data); use stage sft"
         return (f"{stage.upper()} needs a chosen and a rejected answer for each prompt, but this is {name} data "
-                "with a single answer per prompt (SFT data); use stage sft, or provide columns prompt, chosen "
-                "and rejected")
+                f"with {what}, or provide columns prompt, chosen and rejected")
     if stage == Stage.KTO:
         return (f"KTO needs answers labelled good or bad, but this is {name} data without labels; use stage "
-                "sft, or provide columns prompt, completion and label (true/false)")
+                "sft, or provide columns prompt, completion and label (true/false), or messages and label")
     return f"{stage} cannot use {name} data"

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import os
 import tempfile
@@ -182,6 +181,33 @@ def _type_name(value) -> str:
             bool: "a boolean", type(None): "null"}.get(type(value), type(value).__name__)
 
 
+# json's decoder messages, several of which end in "at" to be glued to a position: said once, in words
+JSON_ERRORS = {
+    "Unterminated string starting at": "a string starts there but its closing quote is missing",
+    "Expecting value": "a value is expected there",
+    "Expecting ',' delimiter": "a comma is expected there",
+    "Expecting ':' delimiter": "a colon is expected there",
+    "Expecting property name enclosed in double quotes": "a key in double quotes is expected there",
+    "Invalid control character at": "a raw control character (tab or newline) sits inside a string; escape it "
+                                     "as \\t or \\n",
+    "Invalid \\escape": "an invalid backslash escape sits there",
+    "Extra data": "more data follows the end of the object",
+}
+
+
+def json_error(exc: ValueError, with_line: bool = False) -> str:
+    """'invalid JSON at column C: what is wrong' from a json.JSONDecodeError (position said once)."""
+    msg = getattr(exc, "msg", None)
+    if msg is None:
+        return f"invalid JSON ({str(exc).strip()})"
+    what = JSON_ERRORS.get(msg)
+    if what is None:
+        text = msg[:-3] if msg.endswith(" at") else msg
+        what = text[:1].lower() + text[1:]
+    where = f"line {exc.lineno} column {exc.colno}" if with_line else f"column {exc.colno}"
+    return f"invalid JSON at {where}: {what}"
+
+
 def _read_jsonl(path: Path) -> Iterator[Record | RowProblem]:
     limit = max_row_bytes()
     loads = json.loads
@@ -217,10 +243,7 @@ def _read_jsonl(path: Path) -> Iterator[Record | RowProblem]:
             try:
                 data = loads(text)
             except ValueError as exc:
-                msg = getattr(exc, "msg", str(exc))
-                col = getattr(exc, "colno", None)
-                yield RowProblem(line_no, None, f"invalid JSON ({msg}{f' at column {col}' if col else ''}); "
-                                                "each line must be one complete JSON object")
+                yield RowProblem(line_no, None, f"{json_error(exc)}; each line must be one complete JSON object")
                 continue
             if not isinstance(data, dict):
                 yield RowProblem(line_no, None, f"the line is {_type_name(data)}, not a JSON object; each line "
@@ -260,8 +283,8 @@ def _read_json(path: Path) -> Iterator[Record | RowProblem]:
             # one object per line saved as .json: read it as JSONL
             yield from _read_jsonl(path)
             return
-        raise FileRejected(f"{path.name}: invalid JSON at line {exc.lineno} column {exc.colno} ({exc.msg}); "
-                           "fix the file or save it as JSONL (one object per line)") from None
+        raise FileRejected(f"{path.name}: {json_error(exc, with_line=True)}; fix the file or save it as JSONL "
+                           "(one object per line)") from None
     rows = _rows_of_json(path.name, data)
     del text, data
     for index, row in enumerate(rows, start=1):

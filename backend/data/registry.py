@@ -5,12 +5,19 @@ report of the upload) and meta.json (id, name, format, counts, hash). An upload'
 content hash (and column mapping), so uploading the same bytes again reuses the folder. Folders are written
 under a temporary name and renamed into place, so a crash never leaves a half-registered dataset.
 Demo datasets (demo.DEMO_DATASETS) are registered under their own name.
+
+A dataset saved with a name (meta "named": true) is found by that name wherever an id is accepted (resolve:
+job configs, preflight, the harness, the CLI); names are unique among datasets and never shadow a demo name
+or an id. Job configs keep what the user gave (the name), run.json pins the resolved id and sha256.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -20,6 +27,7 @@ from backend.data.demo import DEMO_DATASETS, write_demo
 from backend.data.validate import Scan, finish, scan
 
 DATA_FILE = "data.jsonl"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,63}$")
 
 
 class DataError(ValueError):
@@ -36,7 +44,9 @@ def is_registered(spec: str) -> bool:
 
 
 def dataset_info(dataset_id: str) -> dict:
-    """meta.json of a registered dataset, with its stored report under "report"."""
+    """meta.json of a registered dataset (by id or saved name), with its stored report under "report"."""
+    if not is_registered(dataset_id):
+        dataset_id = find_by_name(dataset_id) or dataset_id
     if not is_registered(dataset_id):
         raise DataError(f"no registered dataset '{dataset_id}'; upload the file first or check the id")
     folder = workspace.datasets_dir() / dataset_id
@@ -46,20 +56,82 @@ def dataset_info(dataset_id: str) -> dict:
     return meta
 
 
+def find_by_name(name: str) -> str | None:
+    """The id of the dataset saved under this name, or None."""
+    name = str(name).strip()
+    if not name or "/" in name or os.sep in name:
+        return None
+    return next((m["id"] for m in list_datasets() if m.get("named") and m.get("name") == name), None)
+
+
+def registered_id(spec: str) -> str | None:
+    """The registered id a spec names (a demo name, an id or a saved name), or None for a file path."""
+    spec = str(spec).strip()
+    if spec in DEMO_DATASETS or is_registered(spec):
+        return spec
+    return find_by_name(spec)
+
+
+def display_name(spec: str) -> str:
+    """What to show for a dataset spec: its saved name for an id saved under one, else the spec itself."""
+    spec = str(spec)
+    if spec.startswith("ds-") and is_registered(spec):
+        try:
+            meta = json.loads(_meta_path(spec).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return spec
+        if meta.get("named") and meta.get("name"):
+            return meta["name"]
+    return spec
+
+
 def resolve(spec: str) -> tuple[str, Path, dict | None]:
-    """(dataset id, path to read, meta or None) for a demo name, a registered id or a file path."""
+    """(dataset id, path to read, meta or None) for a demo name, a registered id, a saved name or a file path."""
     spec = str(spec)
     if spec in DEMO_DATASETS:
         ensure_demo_datasets([spec])
-    if is_registered(spec):
-        folder = workspace.datasets_dir() / spec
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-        return spec, folder / meta["data_file"], meta
+    dataset_id = spec if is_registered(spec) else None
     path = Path(spec).expanduser()
+    if dataset_id is None and not path.exists():
+        dataset_id = find_by_name(spec)
+    if dataset_id is not None:
+        folder = workspace.datasets_dir() / dataset_id
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        return dataset_id, folder / meta["data_file"], meta
     if not path.exists() and "/" not in spec and os.sep not in spec and not Path(spec).suffix:
-        raise DataError(f"dataset '{spec}' is not a demo name ({', '.join(DEMO_DATASETS)}), a registered dataset "
-                        "id or an existing file; check the name or upload the file")
+        raise DataError(f"dataset '{spec}' is not a demo name ({', '.join(DEMO_DATASETS)}), a saved dataset name "
+                        "or id, or an existing file; check the name (lorastudio data list) or upload the file")
     return path.stem if path.is_file() else path.name, path, None
+
+
+def check_name(name: str, dataset_id: str | None = None, taken: bool = True) -> str:
+    """The cleaned name, or DataError (one sentence) when it is malformed, reserved or (taken=True) held by a
+    dataset other than dataset_id."""
+    clean = str(name).strip()
+    if not NAME_RE.match(clean):
+        raise DataError(f"dataset name '{clean}' is not valid; use up to 64 letters, digits, spaces, '.', '_' or "
+                        "'-', starting with a letter or digit")
+    if clean in DEMO_DATASETS or (clean.startswith("ds-") and clean != dataset_id):
+        raise DataError(f"dataset name '{clean}' is reserved (a demo dataset or an id); pick another name")
+    owner = find_by_name(clean) if taken else None
+    if owner is not None and owner != dataset_id:
+        meta = json.loads(_meta_path(owner).read_text(encoding="utf-8"))
+        raise DataError(f"dataset name '{clean}' is already used by {owner} ({meta.get('rows', '?')} rows "
+                        f"{meta.get('kind') or ''} data); pick another name or delete that dataset first")
+    return clean
+
+
+@contextlib.contextmanager
+def _names_lock():
+    """One registration at a time, so that two uploads cannot take the same name."""
+    root = workspace.datasets_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".names.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _write_folder(dataset_id: str, rows, report_dict: dict, meta: dict, data_file: str = DATA_FILE) -> None:
@@ -94,8 +166,15 @@ def _meta(dataset_id: str, name: str, result: Scan, data_file: str, demo: bool) 
 
 def register_upload(path: str | Path, name: str | None = None, column_mapping: dict | None = None,
                     format_name: str | None = None) -> str:
-    """Validate and store an uploaded file; returns its id (the same id for the same content)."""
+    """Validate and store an uploaded file; returns its id (the same id for the same content).
+
+    With a name, the dataset is found by it everywhere an id is accepted; a name another dataset holds is a
+    DataError (one sentence). Saving the same content again under a name names the existing dataset (when it
+    has no name yet)."""
     path = Path(path)
+    name = None if name is None or not str(name).strip() else str(name).strip()
+    if name is not None:
+        check_name(name, taken=False)      # before the scan: a malformed name costs no read of a big file
     result = scan(path, column_mapping, format_name)
     report = finish(result)
     if result.kind is None or not result.rows:
@@ -104,14 +183,32 @@ def register_upload(path: str | Path, name: str | None = None, column_mapping: d
     key = report.content_hash + (json.dumps(column_mapping, sort_keys=True) if column_mapping else "") \
         + (format_name or "")
     dataset_id = "ds-" + hashlib.sha256(key.encode()).hexdigest()[:16]
-    if _meta_path(dataset_id).is_file():
-        return dataset_id
-    report_dict = report.to_dict()
-    report_dict["path"] = path.name
-    rows = (canon for number, canon in result.rows if number not in result.log.bad_rows
-            or result.log.bad_rows[number] is not None)
-    _write_folder(dataset_id, rows, report_dict, _meta(dataset_id, name or path.name, result, DATA_FILE, False))
+    with _names_lock():
+        if name is not None:
+            check_name(name, dataset_id)
+        if _meta_path(dataset_id).is_file():
+            if name is not None:
+                _rename(dataset_id, name)
+            return dataset_id
+        report_dict = report.to_dict()
+        report_dict["path"] = path.name
+        rows = (canon for number, canon in result.rows if number not in result.log.bad_rows
+                or result.log.bad_rows[number] is not None)
+        meta = _meta(dataset_id, name or path.name, result, DATA_FILE, False)
+        meta["named"] = name is not None
+        _write_folder(dataset_id, rows, report_dict, meta)
     return dataset_id
+
+
+def _rename(dataset_id: str, name: str) -> None:
+    meta = json.loads(_meta_path(dataset_id).read_text(encoding="utf-8"))
+    if meta.get("named") and meta.get("name") == name:
+        return
+    if meta.get("named"):
+        raise DataError(f"this file is already saved as dataset '{meta['name']}' ({dataset_id}); use that name, "
+                        "or delete it and save it again")
+    meta["name"], meta["named"] = name, True
+    _replace(_meta_path(dataset_id), json.dumps(meta, ensure_ascii=False, indent=1))
 
 
 def ensure_demo_datasets(names=None) -> list[str]:
@@ -148,7 +245,9 @@ def list_datasets() -> list[dict]:
 
 
 def delete_dataset(dataset_id: str) -> None:
-    if not is_registered(dataset_id):
+    """Delete a saved dataset by id or name."""
+    found = dataset_id if is_registered(dataset_id) else find_by_name(dataset_id)
+    if found is None:
         raise DataError(f"no registered dataset '{dataset_id}'; check the id")
-    shutil.rmtree(workspace.datasets_dir() / dataset_id)
+    shutil.rmtree(workspace.datasets_dir() / found)
 

@@ -40,6 +40,9 @@ class IssueGroup:
 
     def sentence(self, file: str | None = None) -> str:
         """One sentence: where (file, row, field), then what and how to fix."""
+        if file and self.row is None and not self.field and (self.message.startswith(file)
+                                                             or f"'{file}'" in self.message):
+            file = None          # the message names the file already: say it once
         where = [f"{file}" if file else None,
                  f"row {self.row}" if self.row is not None else None,
                  f"field '{self.field}'" if self.field else None]
@@ -124,6 +127,7 @@ class ValidationReport:
     errors: list[IssueGroup] = dc_field(default_factory=list)
     warnings: list[IssueGroup] = dc_field(default_factory=list)
     columns: list[str] = dc_field(default_factory=list)
+    ignored_columns: list[str] = dc_field(default_factory=list)   # columns the detected format does not read
     column_mapping: dict | None = None
     content_hash: str | None = None
     file_size: int | None = None
@@ -131,6 +135,7 @@ class ValidationReport:
     eval_fraction: float = 0.0
     split: dict | None = None          # {"train": n, "eval": m} for the asked (or first usable) stage
     token_lengths: dict | None = None  # {min, median, p95, max} after the chat template; None without tokenizer
+    token_note: str | None = None      # why token_lengths is missing when a tokenizer cannot be the reason
     over_max_length: dict | None = None   # {"rows": n truncated, "answer_lost": m with no trained token left}
     turns: dict | None = None          # messages per row {min, mean, max}
     label_balance: dict | None = None  # KTO: {"desirable": n, "undesirable": m}
@@ -167,10 +172,11 @@ class ValidationReport:
             "stages": {name: compat.to_dict() for name, compat in self.stages.items()},
             "errors": [g.to_dict() for g in self.errors],
             "warnings": [g.to_dict() for g in self.warnings],
-            "columns": self.columns, "column_mapping": self.column_mapping,
+            "columns": self.columns, "ignored_columns": self.ignored_columns,
+            "column_mapping": self.column_mapping,
             "content_hash": self.content_hash, "file_size": self.file_size,
             "max_length": self.max_length, "eval_fraction": self.eval_fraction, "split": self.split,
-            "token_lengths": self.token_lengths, "over_max_length": self.over_max_length,
+            "token_lengths": self.token_lengths, "token_note": self.token_note, "over_max_length": self.over_max_length,
             "turns": self.turns, "label_balance": self.label_balance,
         }
         return data
@@ -182,9 +188,9 @@ class ValidationReport:
     def from_dict(cls, data: dict) -> "ValidationReport":
         groups = lambda key, sev: [IssueGroup(severity=sev, **g) for g in data.get(key, [])]
         fields = {k: data.get(k) for k in (
-            "path", "format", "kind", "rows", "usable_rows", "stage", "columns", "column_mapping", "content_hash",
-            "file_size", "max_length", "eval_fraction", "split", "token_lengths", "over_max_length", "turns",
-            "label_balance")}
+            "path", "format", "kind", "rows", "usable_rows", "stage", "columns", "ignored_columns",
+            "column_mapping", "content_hash", "file_size", "max_length", "eval_fraction", "split", "token_lengths",
+            "token_note", "over_max_length", "turns", "label_balance")}
         fields = {k: v for k, v in fields.items() if v is not None}
         return cls(**{"path": None, "format": None, **fields},
                    stages={k: StageCompat(**v) for k, v in data.get("stages", {}).items()},

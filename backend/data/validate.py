@@ -3,13 +3,15 @@
 Errors block a stage (nothing is trained while any row has an error, unless the caller explicitly skips
 invalid rows); warnings do not. Checks: file-level (path, size, binary, pickle, encoding, JSON syntax),
 per row (invalid JSON, missing / empty / non-string content, unknown roles, no final assistant turn for SFT,
-chosen == rejected, non-boolean labels, exact duplicates, rows over the per-row size limit), per stage
+chosen == rejected, non-boolean labels, exact duplicates, rows over the per-row size limit, unfilled template
+placeholders such as {{name}}), per file (columns the detected format does not read), per stage
 (format compatibility, at least MIN_ROWS rows, room for the eval split) and, with a tokenizer, token
 lengths after the chat template (rows cut by max_length, rows that would lose their whole answer).
 """
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ MIN_ROWS = 10            # fewer usable rows than this is not a training set
 DETECT_SAMPLE = 100      # rows looked at to decide the format
 DEFAULT_MAX_LENGTH = 512
 DEFAULT_EVAL_FRACTION = 0.1
+PLACEHOLDER = re.compile(r"\{\{\s*[A-Za-z_][\w.\- ]{0,40}?\s*\}\}")
 
 
 @dataclass
@@ -89,9 +92,18 @@ def _read_rows(result: Scan, records, mapping, format_name) -> None:
     seen: set[int] = set()      # hashes of raw rows: exact duplicates
     rows = result.rows
     columns: dict[str, None] = {}
+    read_columns: dict[str, str] = {}     # column after the mapping -> the column in the file
 
     def handle(rec: Record) -> None:
         data = formats.apply_mapping(rec.data, mapping) if mapping else rec.data
+        if any(k not in read_columns for k in data):          # a column not seen before (rare: cheap)
+            for key in rec.data:
+                columns.setdefault(key, None)
+            for key in data:
+                if key not in read_columns:
+                    source = (mapping or {}).get(key)
+                    read_columns[key] = source if source in rec.data else key
+        _placeholders(data, formats.FORMATS[fmt].columns, rec.row, log)
         key = rec.key if rec.key is not None else hash(json.dumps(rec.data, sort_keys=True, default=str))
         if key in seen:
             log.warning("exact duplicate of an earlier row, so it counts twice in training; remove it "
@@ -143,8 +155,34 @@ def _read_rows(result: Scan, records, mapping, format_name) -> None:
     report.rows = count
     report.columns = list(columns)
     report.format, report.kind = fmt, (kind.value if kind else None)
+    if fmt:
+        for column, source in read_columns.items():
+            message = formats.ignored_column(fmt, column)
+            if message:
+                report.ignored_columns.append(source)
+                log.warning(message.replace(f"column '{column}'", f"column '{source}'", 1), field=source)
     result.kind = kind
     report.usable_rows = sum(1 for n, _ in rows if n not in log.bad_rows or log.bad_rows[n] is not None)
+
+
+def _placeholders(data: dict, read: tuple[str, ...], row: int, log: IssueLog) -> None:
+    """Warn about template placeholders such as {{name}} left in the text a format reads (not tool schemas)."""
+    def walk(value, where):
+        if isinstance(value, str):
+            found = PLACEHOLDER.search(value) if "{{" in value else None
+            if found:
+                log.warning(f"the text holds the unfilled template placeholder {found.group(0)[:40]}, which the "
+                            "model would learn literally; fill it in or remove it", row, where)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{where}.{key}")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, f"{where}[{i}]")
+
+    for column in read:
+        if column != "tools" and column in data:
+            walk(data[column], column)
 
 
 def finish(result: Scan, stage: str | None = None, tokenizer=None, max_length: int = DEFAULT_MAX_LENGTH,
@@ -160,6 +198,8 @@ def finish(result: Scan, stage: str | None = None, tokenizer=None, max_length: i
         _stats(result)
         if stage and formats.incompatibility(kind, report.format, stage):
             log.error(formats.incompatibility(kind, report.format, stage), stages=(stage,))
+            report.token_note = (f"token lengths are not measured: {formats.format_label(report.format)} data "
+                                 f"cannot feed {stage.upper()} (see the errors)")
         if target and formats.incompatibility(kind, report.format, target) is None:
             if not 0 <= eval_fraction < 1:
                 log.error(f"eval_fraction must be between 0 and 1, got {eval_fraction}; use e.g. 0.1",
@@ -181,6 +221,8 @@ def finish(result: Scan, stage: str | None = None, tokenizer=None, max_length: i
                 _token_checks(result, tokenizer, target, max_length)
     elif stage and not log.groups("error"):
         log.error("the dataset format could not be detected")
+    if kind is None and report.rows:
+        report.token_note = "token lengths are not measured: the format could not be detected (see the errors)"
     file_error = next((g for g in log.groups("error") if g.row is None and g.stages is None), None)
     for name in Stage.values():
         report.stages[name] = _compat(result, name, file_error)
@@ -211,7 +253,9 @@ def _compat(result: Scan, stage: str, file_error) -> StageCompat:
     if kind == Kind.PREFERENCE and stage == Stage.SFT:
         note = "SFT trains on the chosen answers; rejected answers are ignored"
     elif kind == Kind.KTO and stage == Stage.SFT:
-        note = "SFT trains on the rows labelled true only"
+        bad = (report.label_balance or {}).get("undesirable", 0)
+        note = (f"SFT trains on the {n} rows labelled true only; the {bad} labelled false (bad answers) are left "
+                "out")
     elif kind == Kind.PREFERENCE and stage == Stage.KTO:
         note = "each pair becomes two KTO rows: chosen labelled true, rejected labelled false"
     return StageCompat(True, n, note)
@@ -249,6 +293,11 @@ def _token_checks(result: Scan, tokenizer, stage: str, max_length: int) -> None:
         log.error(f"only {kept} rows keep part of their answer within max_length={max_length} tokens ({lost} lose "
                   f"it whole), under the minimum of {MIN_ROWS}; raise max_length or shorten the prompts",
                   stages=(stage,))
+    if not lengths:
+        result.report.token_note = (f"token lengths are not measured: no {stage.upper()} row could be rendered "
+                                    "through the chat template (see the errors)" if numbered else
+                                    f"token lengths are not measured: no row is usable for {stage.upper()} "
+                                    "(see the errors)")
     if lengths:
         lengths.sort()
         result.report.token_lengths = {"stage": stage, "min": lengths[0], "median": int(statistics.median(lengths)),

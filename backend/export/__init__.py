@@ -20,6 +20,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import zipfile
@@ -31,7 +32,7 @@ import yaml
 
 from backend import workspace
 from backend.models import adapters
-from backend.jobs.card import library_versions, read_run_facts
+from backend.jobs.card import USE_HEADING, library_versions, read_run_facts, usage_python
 
 log = logging.getLogger("lorastudio")
 
@@ -305,10 +306,17 @@ def _write_adapter(source, staging: Path) -> None:
 
 def _write_card(source, folder: Path, kind: str, dtype: str | None, check: MergeCheck | None,
                 gguf: dict | None = None) -> None:
+    """README.md: what this export is, its verification, how to use it (a Python snippet that tests run on the
+    real files, plus the llama.cpp / Ollama commands for GGUF), then the facts; and training-card.md, the run's
+    card without its own load instructions (they are for the run folder's adapter, not for this export)."""
+    from backend import models
+    from backend.export import gguf as gguf_export
+
     run_dir = workspace.run_dir(source.job_id)
     training = read_run_facts(run_dir)
     if (run_dir / "card.md").is_file():
-        shutil.copy2(run_dir / "card.md", folder / "training-card.md")
+        (folder / "training-card.md").write_text(
+            training_card_for_export((run_dir / "card.md").read_text(encoding="utf-8"), kind), encoding="utf-8")
     lineage = training.get("lineage") or [source.config.model, f"{source.config.stage} {source.job_id}"]
     facts = {"job_id": source.job_id, "export": kind, "dtype": dtype, "adapter": source.label,
              "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "base_model": training.get("base_model"),
@@ -318,22 +326,48 @@ def _write_card(source, folder: Path, kind: str, dtype: str | None, check: Merge
         facts["gguf_verification"] = {k: gguf.get(k) for k in ("qtype", "ok", "reason", "prompts", "answers_match",
                                                               "gguf_answers", "max_logit_diff", "tolerance",
                                                               "disagreements")}
+    verified = f"\n\nMerge verification: {check.summary()}." if check else ""
     if kind == "gguf":
-        how = (f"Run it with llama.cpp (`llama-cli -m {source.job_id}-{dtype}.gguf`), LM Studio, or "
-               "Ollama: `ollama create NAME -f Modelfile`.")
-        verified = (f"\n\nMerge verification: {check.summary()}.\n\nGGUF verification (loaded back through "
-                    f"transformers): {gguf['reason']}.") if check and gguf else ""
+        gguf_file = f"{source.job_id}-{dtype}.gguf"
+        how = ("Ollama (the Modelfile carries the chat template and stop tokens), llama.cpp or LM Studio, from this "
+               f"folder:\n\n```sh\n{gguf_commands(gguf_file)}```\n\nOr in Python with transformers, which "
+               "de-quantises the file to float:\n\n" + usage_python("gguf", ".", gguf_file=gguf_file))
+        if gguf:
+            verified += f"\n\nGGUF verification (the file loaded back through transformers): {gguf_export.describe(gguf)}"
     elif kind == "merged":
-        how = ("Load it with `transformers.AutoModelForCausalLM.from_pretrained(this_folder)`; no LoRA Studio "
-               "or peft code is needed. `ollama create NAME -f Modelfile` imports it into Ollama.")
-        verified = f"\n\nMerge verification: {check.summary()}." if check else ""
+        how = ("The adapter is merged into the weights: plain transformers loads this folder, no peft and no LoRA "
+               "Studio code (run from this folder):\n\n" + usage_python("merged", ".")
+               + "\nOllama: `ollama create my-model -f Modelfile`, then `ollama run my-model`.\n")
     else:
-        how = "Load it with `peft.PeftModel.from_pretrained(base_model, this_folder)`."
-        verified = ""
+        base = (training.get("base_model") or {}).get("path") or models.resolve(source.config.model).path
+        how = (f"Load it with peft on its base model **{source.config.model}** (run from this folder; the base "
+               "path is where it lies on the machine that trained it):\n\n" + usage_python("adapter", ".", base))
     text = (f"# {source.job_id} ({kind})\n\n{source.config.method.upper()} {source.config.stage.upper()} "
             f"fine-tune of **{source.config.model}** made with LoRA Studio.\n\nLineage: {' -> '.join(lineage)}."
-            f"{verified}\n\n{how}\n\n## Facts\n\n```yaml\n{yaml.safe_dump(facts, sort_keys=False)}```\n")
+            f"{verified}\n\n## Use\n\n{how}\n## Facts\n\n```yaml\n{yaml.safe_dump(facts, sort_keys=False)}```\n")
     (folder / "README.md").write_text(text, encoding="utf-8")
+
+
+def gguf_commands(gguf_file: str) -> str:
+    """The shell lines a GGUF card gives (tests check their syntax and that they name the files present)."""
+    return (f"ollama create my-model -f Modelfile\nollama run my-model\n"
+            f"llama-cli -m {gguf_file} -cnv\n")
+
+
+def training_card_for_export(card: str, kind: str) -> str:
+    """The run's card.md as copied into an export: its "## Use" section (the run folder's adapter/ with peft)
+    replaced by a pointer to README.md, which says how to load this export."""
+    note = (f"> This is the card of the training run. This folder is the **{kind}** export: README.md says how "
+            "to load it" + (" (the adapter is merged in: plain transformers, no peft)" if kind == "merged" else "")
+            + ".\n\n")
+    start = card.find(USE_HEADING + "\n")
+    if start >= 0:
+        end = card.find("\n## ", start + len(USE_HEADING))
+        card = card[:start] + card[end + 1:] if end >= 0 else card[:start]
+    else:   # cards written before the Use section had one load sentence
+        card = re.sub(r"Load it with `peft\.PeftModel\.from_pretrained\(base_model, this_folder\)`[^\n]*\n\n", "",
+                      card)
+    return note + card
 
 
 def modelfile_text(tokenizer, from_line: str) -> str:

@@ -411,6 +411,37 @@ def _verdict(qtype, tokens_match, result, disagreements, compare_logits) -> tupl
                                            f"{F16_TOLERANCE}" if compare_logits else "")
 
 
+def describe(verification: dict) -> str:
+    """The verification in words for the card: "passed — ..." / "failed — ..." (see check_detail)."""
+    return ("passed — " if verification.get("ok") else "failed — ") + check_detail(verification)
+
+
+def check_detail(verification: dict) -> str:
+    """Which check decided, what it measured, and why free-running greedy answers that differ are within a
+    passed Q8_0 check rather than a contradiction (the Export tab shows this next to the verdict)."""
+    qtype = str(verification.get("qtype") or "").upper()
+    matched = verification.get("answers_match") or []
+    equal = f"{sum(matched)}/{len(matched)}"
+    if not verification.get("ok"):
+        return (verification.get("reason") or "no reason recorded") + "."
+    if qtype == "Q8_0":
+        margin = verification.get("tie_margin", Q8_0_TIE_MARGIN)
+        text = (f"teacher-forced next-token check: at every answer position where the merged model's top two "
+                f"logits are at least {margin:g} apart, the Q8_0 model picks the merged model's token "
+                f"({verification.get('disagreements') or 0} disagreements).")
+        if matched and not all(matched):
+            text += (f" Free-running greedy answers: {equal} identical, which the check allows: 8-bit rounding "
+                     "may flip a near-tie, and a freely generated answer then takes another path.")
+        elif matched:
+            text += f" Free-running greedy answers: {equal} identical as well."
+        return text
+    diff, tolerance = verification.get("max_logit_diff"), verification.get("tolerance")
+    text = f"greedy answers identical to the merged model's on {equal} prompts"
+    if diff is not None:
+        text += f", largest |logit difference| {diff:.2e}" + (f" <= tolerance {tolerance:g}" if tolerance else "")
+    return text + "."
+
+
 def _chat_ids(tokenizer, prompt: str):
     """The prompt as the chat template renders it for generation, as a 1-D tensor of ids."""
     ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,

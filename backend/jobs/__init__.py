@@ -17,7 +17,7 @@ from functools import cached_property
 
 from backend import workspace
 from backend.config import JobConfig
-from backend.vocab import CLAIMABLE_STATUSES, FINAL_STATUSES, Control, JobStatus  # noqa: F401 - part of this API
+from backend.vocab import CLAIMABLE_STATUSES, FINAL_STATUSES, Control, JobStatus, Phase  # noqa: F401 - this API
 
 # a stopped (or still queued) job that Resume may queue again
 RESUMABLE_STATUSES = (JobStatus.INTERRUPTED, JobStatus.CANCELLED, JobStatus.FAILED, JobStatus.QUEUED)
@@ -48,7 +48,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     created REAL NOT NULL,
     started REAL,
     finished REAL,
-    task_id TEXT
+    task_id TEXT,
+    phase TEXT,
+    phase_step INTEGER NOT NULL DEFAULT 0,
+    phase_total INTEGER NOT NULL DEFAULT 0
 )
 """
 
@@ -78,6 +81,19 @@ class Job:
     task_id: str | None = None
     crashes: int = 0              # times the training process died without writing its end (attempts = claims)
     trainer: str | None = None    # host:pid:start of the training process of the current claim (rank 0)
+    phase: str | None = None      # while running: a backend.vocab.Phase (loading, training, evaluating, saving)
+    phase_step: int = 0           # evaluating: batches done of phase_total
+    phase_total: int = 0
+
+    @property
+    def phase_label(self) -> str:
+        """What a running job is doing ("loading model", "training", "evaluating 3/16", "saving"); '' else."""
+        if self.status != JobStatus.RUNNING or not self.phase:
+            return ""
+        try:
+            return Phase(self.phase).label(self.phase_step, self.phase_total)
+        except ValueError:  # a value from a newer version
+            return str(self.phase)
 
     def __post_init__(self):
         self.status = JobStatus(self.status)
@@ -111,7 +127,8 @@ def connect():
 
 
 # columns added after the first release, with their definitions: added in place to an older studio.db
-_ADDED_COLUMNS = {"crashes": "INTEGER NOT NULL DEFAULT 0", "trainer": "TEXT"}
+_ADDED_COLUMNS = {"crashes": "INTEGER NOT NULL DEFAULT 0", "trainer": "TEXT", "phase": "TEXT",
+                  "phase_step": "INTEGER NOT NULL DEFAULT 0", "phase_total": "INTEGER NOT NULL DEFAULT 0"}
 _migrated: set[str] = set()
 
 
@@ -189,8 +206,9 @@ def claim(job_id: str, owner: str) -> Job | None:
     with connect() as db:
         cursor = db.execute(
             "UPDATE jobs SET status = ?, owner = ?, trainer = NULL, attempts = attempts + 1, heartbeat = ?,"
-            " control = NULL, reason = NULL, started = COALESCE(started, ?) WHERE id = ? AND status IN (?, ?)",
-            (JobStatus.RUNNING, owner, now, now, job_id, *CLAIMABLE_STATUSES))
+            " control = NULL, reason = NULL, started = COALESCE(started, ?), phase = ?, phase_step = 0,"
+            " phase_total = 0 WHERE id = ? AND status IN (?, ?)",
+            (JobStatus.RUNNING, owner, now, now, Phase.LOADING, job_id, *CLAIMABLE_STATUSES))
         claimed = cursor.rowcount == 1
     return get(job_id) if claimed else None
 

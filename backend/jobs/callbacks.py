@@ -7,6 +7,7 @@ backend.metrics and backend.jobs.checkpoints.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,9 @@ from typing import Callable, Optional
 from transformers import TrainerCallback
 
 from backend.jobs.checkpoints import COMPLETE_MARKER
-from backend.vocab import Control
+from backend.vocab import Control, Phase
+
+log = logging.getLogger("lorastudio")
 
 
 @dataclass
@@ -25,16 +28,24 @@ class JobHooks:
     on_step: Optional[Callable[[int, int], None]] = None        # (step, total_steps), every optimizer step
     should_stop: Optional[Callable[[], Optional[str]]] = None   # a reason to stop now, or None
     on_progress: Optional[Callable[[], None]] = None            # training began, or an eval batch ran
+    on_phase: Optional[Callable[[Phase, int, int], None]] = None  # (phase, done, total): what the job does now
     stop_reason: Optional[str] = field(default=None)            # set when a stop was requested
+
+    def phase(self, phase: Phase, done: int = 0, total: int = 0) -> None:
+        if self.on_phase:
+            self.on_phase(phase, done, total)
 
 
 class MetricsCallback(TrainerCallback):
     """Appends {step, epoch, loss, eval_loss, learning_rate, grad_norm, tokens_per_second, elapsed_s, ...}."""
 
-    def __init__(self, metrics_path: Path, resumed_at_step: int = 0):
+    def __init__(self, metrics_path: Path, resumed_at_step: int = 0, eval_plan: dict | None = None):
         """resumed_at_step: the checkpoint this attempt resumes from (0: from the start). The records a lost
-        attempt logged after it are dropped, so each step is logged once, and elapsed_s goes on from there."""
+        attempt logged after it are dropped, so each step is logged once, and elapsed_s goes on from there.
+        eval_plan: {eval_rows, eval_batches, eval_every, final_eval, rows_per_step}, written as one record
+        {"step", "eval_plan"} when training begins, so the ETA can count the evaluations still to come."""
         self.metrics_path = Path(metrics_path)
+        self.eval_plan = eval_plan
         self.elapsed_before = keep_records_through(self.metrics_path, resumed_at_step)
         self.started = time.monotonic()
         self.last_time = self.started
@@ -42,6 +53,9 @@ class MetricsCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = self.last_time = time.monotonic()
+        if self.eval_plan is not None and state.is_world_process_zero:
+            with open(self.metrics_path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": state.global_step, "eval_plan": self.eval_plan}) + "\n")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not state.is_world_process_zero:
@@ -95,21 +109,47 @@ class CheckpointMarkerCallback(TrainerCallback):
 
 
 class HooksCallback(TrainerCallback):
-    """Calls the job hooks each step; a stop request saves a checkpoint and ends training.
+    """Calls the job hooks each step; a stop request saves a checkpoint and ends training. Tells the phase
+    (training, evaluating batch x of y) and logs where each phase begins and ends.
 
     Under DDP rank 0 decides and broadcasts, so that every rank stops at the same step.
     """
 
     def __init__(self, hooks: JobHooks):
         self.hooks = hooks
+        self.training = False
+        self.eval_batches = 0           # batches of the evaluation running now (0: none runs)
+        self.eval_started = 0.0
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self.training = True
+        log.info("phase: training, step %d of %d", state.global_step, state.max_steps)
+        self.hooks.phase(Phase.TRAINING)
         if self.hooks.on_progress:
             self.hooks.on_progress()
 
-    def on_prediction_step(self, args, state, control, **kwargs):
+    def on_train_end(self, args, state, control, **kwargs):
+        self.training = False
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
         if self.hooks.on_progress:  # a long evaluation is progress too, not a hang
             self.hooks.on_progress()
+        total = _length(eval_dataloader)
+        if self.eval_batches == 0:
+            self.eval_started = time.monotonic()
+            rows = _length(getattr(eval_dataloader, "dataset", None))
+            log.info("phase: evaluating%s at step %d: %s rows in %s batches",
+                     "" if self.training else " (final)", state.global_step, rows or "?", total or "?")
+        self.eval_batches += 1
+        self.hooks.phase(Phase.EVALUATING, min(self.eval_batches, total) if total else self.eval_batches, total)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        loss = (metrics or {}).get("eval_loss")
+        log.info("evaluation done in %.1f s (%d batches)%s", time.monotonic() - self.eval_started,
+                 self.eval_batches, f", eval loss {loss:.4f}" if isinstance(loss, float) else "")
+        self.eval_batches = 0
+        if self.training:
+            self.hooks.phase(Phase.TRAINING)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.hooks.on_step:
@@ -120,6 +160,13 @@ class HooksCallback(TrainerCallback):
             self.hooks.stop_reason = reason
             control.should_save = True
             control.should_training_stop = True
+
+
+def _length(value) -> int:
+    try:
+        return len(value) if value is not None else 0
+    except TypeError:  # an iterable dataset or loader without a length
+        return 0
 
 
 def _agree_across_ranks(reason: Optional[str]) -> Optional[str]:

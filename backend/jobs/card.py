@@ -75,7 +75,7 @@ def run_facts(*, job_id: str, config, model_info, dataset, rows: dict, results: 
     facts = {
         "job_id": job_id,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "base_model": {"name": model_info.name, "source": model_info.source,
+        "base_model": {"name": model_info.name, "path": model_info.path, "source": model_info.source,
                        "architecture": model_info.architecture, "parameters": model_info.parameters,
                        "weights_sha256": model_info.weights_sha256 or "unknown (hub model)"},
         "method": settings["method"],
@@ -93,6 +93,41 @@ def run_facts(*, job_id: str, config, model_info, dataset, rows: dict, results: 
     return facts
 
 
+USAGE_PROMPT = "Who are you?"
+
+
+def usage_python(kind: str, folder: str = ".", base: str | None = None, gguf_file: str | None = None) -> str:
+    """A fenced Python snippet that loads a card's weights with plain transformers (and peft for an adapter) and
+    answers one chat turn; tests run every card's snippet against the real files (tests/backend/export).
+
+    kind: "adapter" (PEFT folder on `base`), "merged" (a plain model folder), "gguf" (transformers' GGUF loader,
+    `pip install gguf`); folder: where the files are, as the reader sees it from the card's folder."""
+    if kind == "adapter":
+        load = (f"from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+                f"base = AutoModelForCausalLM.from_pretrained({base!r})  # the base model: its folder or hub id\n"
+                f"model = PeftModel.from_pretrained(base, {folder!r})\n"
+                f"tokenizer = AutoTokenizer.from_pretrained({folder!r})  # carries the training chat template\n")
+    elif kind == "merged":
+        load = (f"from transformers import AutoModelForCausalLM, AutoTokenizer  # no peft needed: merged weights\n\n"
+                f"model = AutoModelForCausalLM.from_pretrained({folder!r})\n"
+                f"tokenizer = AutoTokenizer.from_pretrained({folder!r})\n")
+    elif kind == "gguf":
+        load = (f"from transformers import AutoModelForCausalLM, AutoTokenizer  # needs `pip install gguf`\n\n"
+                f"model = AutoModelForCausalLM.from_pretrained({folder!r}, gguf_file={gguf_file!r})  # de-quantised\n"
+                f"tokenizer = AutoTokenizer.from_pretrained({folder!r}, gguf_file={gguf_file!r})\n")
+    else:
+        raise ValueError(f"no usage snippet for '{kind}'")
+    run = (f"messages = [{{\"role\": \"user\", \"content\": {USAGE_PROMPT!r}}}]\n"
+           "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\",\n"
+           "                                       return_dict=True)\n"
+           "output = model.generate(**inputs, max_new_tokens=64, do_sample=False)\n"
+           "print(tokenizer.decode(output[0, inputs[\"input_ids\"].shape[1]:], skip_special_tokens=True))\n")
+    return f"```python\n{load}\n{run}```\n"
+
+
+USE_HEADING = "## Use"
+
+
 def render_card(facts: dict) -> str:
     """card.md: a short description, then the facts as a YAML block."""
     results = facts["results"]
@@ -103,9 +138,10 @@ def render_card(facts: dict) -> str:
         f"trained on dataset `{facts['dataset']['id']}` ({facts['dataset'].get('train_rows')} training rows) for "
         f"{results.get('steps')} steps{'' if final is None else f', final train loss {final:.4f}'}.\n\n"
         f"Lineage: {' -> '.join(facts['lineage'])}.\n\n"
-        "Load it with `peft.PeftModel.from_pretrained(base_model, this_folder)`; the tokenizer in this folder "
-        "carries the chat template used in training.\n\n"
-        "## Provenance\n\n```yaml\n" + yaml.safe_dump(facts, sort_keys=False) + "```\n"
+        f"{USE_HEADING}\n\nThe adapter is in `adapter/` next to this card. Load it with peft on its base model "
+        "(run from this folder):\n\n"
+        + usage_python("adapter", "adapter", facts["base_model"].get("path") or facts["base_model"]["name"])
+        + "\n## Provenance\n\n```yaml\n" + yaml.safe_dump(facts, sort_keys=False) + "```\n"
     )
 
 

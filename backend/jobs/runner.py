@@ -20,7 +20,7 @@ from backend import jobs, stages, workspace
 from backend.jobs import disk
 from backend.jobs.checkpoints import latest_checkpoint_name, remove_torn_checkpoints
 from backend.jobs.owner import owner_id
-from backend.vocab import Control, JobStatus
+from backend.vocab import Control, JobStatus, Phase
 
 log = logging.getLogger("lorastudio")
 
@@ -28,6 +28,8 @@ log = logging.getLogger("lorastudio")
 STOP_STATUS = {Control.CANCEL: JobStatus.CANCELLED, Control.PREEMPT: JobStatus.INTERRUPTED}
 # a beat well inside the staleness window the worker and the reaper use
 HEARTBEAT_EVERY_S = min(5.0, float(os.environ.get("LORASTUDIO_STALE_AFTER_S", "120")) / 4)
+# an evaluation's batch count is written to the record at most this often (its first and last batch always)
+PHASE_WRITE_EVERY_S = 1.0
 # the record's end is retried this long when the database is busy or its disk is full (a freed torn checkpoint
 # usually makes room); after that the worker's settle and then the reaper try again
 RECORD_RETRY_S = 20.0
@@ -117,12 +119,25 @@ def run_job(job_id: str, external_stop=None) -> jobs.Job:
         if is_main:
             liveness.write(step=step, total_steps=total)
 
+    last_phase = [None, 0.0]
+
+    def on_phase(phase: Phase, done: int = 0, total: int = 0) -> None:
+        """The record's phase (fenced); an evaluation's progress at most once a second."""
+        if not is_main:
+            return
+        now = time.monotonic()
+        if (phase == last_phase[0] == Phase.EVALUATING and done not in (1, total)
+                and now - last_phase[1] < PHASE_WRITE_EVERY_S):
+            return
+        last_phase[:] = [phase, now]
+        liveness.write(phase=phase, phase_step=done, phase_total=total)
+
     from backend.jobs.callbacks import JobHooks
 
-    hooks = JobHooks(on_step=on_step, should_stop=should_stop, on_progress=liveness.progress)
+    hooks = JobHooks(on_step=on_step, should_stop=should_stop, on_progress=liveness.progress, on_phase=on_phase)
     try:
         if is_main:  # a heartbeat also while the model loads, before the first step
-            liveness.write(trainer=owner_id())
+            liveness.write(trainer=owner_id(), phase=Phase.LOADING, phase_step=0, phase_total=0)
             threading.Thread(target=liveness.beat_forever, daemon=True).start()
         config = job.config  # validated when the job was created (jobs.create), and checked by the preflight
         while True:
@@ -215,7 +230,8 @@ def _record_failure(liveness: Liveness, error: BaseException, job, run_dir) -> N
 
 
 def _record_end(liveness: Liveness, **fields) -> None:
-    """The run's last fenced write, retried while the database is busy or full."""
+    """The run's last fenced write (the phase cleared), retried while the database is busy or full."""
+    fields = {"phase": None, "phase_step": 0, "phase_total": 0, **fields}
     deadline = time.monotonic() + RECORD_RETRY_S
     while True:
         try:

@@ -12,14 +12,14 @@ from pathlib import Path
 
 from backend.jobs.checkpoints import latest_checkpoint_name
 from backend.metrics import Metrics
-from backend.vocab import JobStatus, Method, Stage
+from backend.vocab import JobStatus, Method, Phase, Stage
 
 LAST_LOSSES = 5       # how many recent train losses `jobs show` lists
 
 # the keys (and order) of to_dict(), i.e. of `lorastudio jobs show --json`
-JSON_KEYS = ("id", "name", "status", "stage", "method", "model", "dataset", "step", "total_steps", "eta_s",
-             "attempts", "crashes", "owner", "last_losses", "eval_loss", "checkpoint", "reason", "created", "started",
-             "finished", "results", "run_dir")
+JSON_KEYS = ("id", "name", "status", "phase", "stage", "method", "model", "dataset", "dataset_name", "step",
+             "total_steps", "eta_s", "attempts", "crashes", "owner", "last_losses", "eval_loss", "checkpoint", "reason",
+             "created", "started", "finished", "results", "run_dir")
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,15 @@ class JobSummary:
     finished: float | None
     results: dict = field(default_factory=dict)
     run_dir: Path | None = None
+    dataset_name: str = ""             # what to show for the dataset: its saved name when `dataset` is an id
+    phase: str = ""                    # while running: "loading model", "training", "evaluating 3/16", "saving"
 
     def to_dict(self) -> dict:
         """The --json shape of `lorastudio jobs show` (plain strings and lists, in JSON_KEYS order)."""
-        values = {"id": self.id, "name": self.name, "status": _plain(self.status), "stage": _plain(self.stage),
-                  "method": _plain(self.method), "model": self.model, "dataset": self.dataset, "step": self.step,
+        values = {"id": self.id, "name": self.name, "status": _plain(self.status), "phase": self.phase,
+                  "stage": _plain(self.stage),
+                  "method": _plain(self.method), "model": self.model, "dataset": self.dataset,
+                  "dataset_name": self.dataset_name or self.dataset, "step": self.step,
                   "total_steps": self.total_steps, "eta_s": self.eta_s, "attempts": self.attempts, "crashes": self.crashes,
                   "owner": self.owner, "last_losses": list(self.last_losses), "eval_loss": self.eval_loss,
                   "checkpoint": self.checkpoint, "reason": self.reason, "created": self.created,
@@ -62,7 +66,7 @@ class JobSummary:
 
     def progress_line(self) -> str:
         """One line: `ID status  step x/y  loss L  ETA s  (reason)` (the CLI's list and --wait output)."""
-        parts = [f"{self.id} {self.status}"]
+        parts = [f"{self.id} {self.status}" + (f" ({self.phase})" if self.phase else "")]
         if self.total_steps:
             parts.append(f"step {self.step}/{self.total_steps}")
         if self.last_losses:
@@ -96,11 +100,29 @@ def summarize(job, metrics: Metrics | None = None) -> JobSummary:
         method=_member(Method, job.method), model=job.model, dataset=job.dataset, step=job.step,
         total_steps=job.total_steps,
         progress=min(job.step / total, 1.0) if total else (1.0 if status == JobStatus.COMPLETED else 0.0),
-        eta_s=metrics.eta_seconds(job.step, job.total_steps) if running and job.total_steps else None,
+        eta_s=metrics.eta_seconds(job.step, job.total_steps, *_eval_progress(job)) if running and job.total_steps
+        else None,
         attempts=job.attempts, crashes=job.crashes, owner=job.owner, last_losses=tuple(metrics.losses[-LAST_LOSSES:]), loss=loss,
         eval_loss=metrics.last_eval_loss, checkpoint=job.last_checkpoint or latest_checkpoint_name(run_dir),
         reason=job.reason, created=job.created, started=job.started, finished=job.finished, results=results,
-        run_dir=run_dir)
+        run_dir=run_dir, dataset_name=dataset_display(job.dataset), phase=getattr(job, "phase_label", ""))
+
+
+def _eval_progress(job) -> tuple[int, int]:
+    """(batches done, batches) of the evaluation a running job is in now; (0, 0) when it is not evaluating."""
+    if getattr(job, "phase", None) == Phase.EVALUATING:
+        return job.phase_step or 0, job.phase_total or 0
+    return 0, 0
+
+
+def dataset_display(spec: str) -> str:
+    """The dataset as the user knows it: the name it was saved under when the job names it by id."""
+    from backend.data.registry import display_name
+
+    try:
+        return display_name(spec)
+    except Exception:  # noqa: BLE001 - a display nicety: a damaged meta.json shows the id
+        return spec
 
 
 def progress_line(job, metrics: Metrics | None = None) -> str:

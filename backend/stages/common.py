@@ -93,19 +93,60 @@ def check_init_adapter(config: JobConfig) -> None:
                          f"{info.name}; choose a job of the same base model or set model: {parent['name']}")
 
 
-def training_args(config: JobConfig, run_dir: Path, precision: dict, has_eval: bool) -> dict:
+# eval_steps 0 (auto): jobs up to this many steps evaluate only after the last one, longer ones AUTO_EVALS times
+SHORT_JOB_STEPS = 200
+AUTO_EVALS = 5
+
+
+def eval_every(config: JobConfig, total_steps: int) -> int:
+    """Steps between evaluations during training (0: none; the harness always evaluates after the last step)."""
+    every = config.training.eval_steps
+    if every > 0:
+        return every
+    if total_steps <= SHORT_JOB_STEPS:
+        return 0
+    return -(-total_steps // AUTO_EVALS)
+
+
+def eval_batch_size(config: JobConfig) -> int:
+    """Rows per eval batch: training.eval_batch_size, or auto = 2 x batch_size (no gradients, no optimizer)."""
+    return config.training.eval_batch_size or 2 * config.training.batch_size
+
+
+def eval_subset(examples: list, max_rows: int, seed: int) -> list:
+    """At most max_rows of the held-out examples (0 = all): a seeded subset in their order, the same each eval."""
+    import random
+
+    if not max_rows or len(examples) <= max_rows:
+        return list(examples)
+    keep = set(random.Random(seed).sample(range(len(examples)), max_rows))
+    return [example for index, example in enumerate(examples) if index in keep]
+
+
+def total_steps(config: JobConfig, train_rows: int, world_size: int = 1) -> int:
+    """The optimizer steps the job will run: max_steps, or the epochs over the rows (an estimate for packing)."""
+    settings = config.training
+    if settings.max_steps > 0:
+        return settings.max_steps
+    per_step = settings.batch_size * settings.grad_accum * max(world_size, 1)
+    return max(1, int(-(-train_rows // per_step) * settings.epochs))
+
+
+def training_args(config: JobConfig, run_dir: Path, precision: dict, has_eval: bool, every: int | None = None) -> dict:
     """TrainingArguments every stage's TRL config takes, as keyword arguments (a recipe adds its own).
 
     Everything is set explicitly: TRL's preference configs default to bf16 and gradient checkpointing on, which
-    would silently override the job's settings.
+    would silently override the job's settings. every: steps between evaluations (eval_every; 0 = only the
+    final one, which the harness runs after training).
     """
     settings = config.training
+    every = settings.eval_steps if every is None else every
     return dict(
         output_dir=str(run_dir / "checkpoints"),
         max_steps=settings.max_steps if settings.max_steps > 0 else -1,
         num_train_epochs=settings.epochs,
         per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=settings.batch_size,
+        per_device_eval_batch_size=eval_batch_size(config),
         gradient_accumulation_steps=settings.grad_accum,
         learning_rate=settings.learning_rate,
         lr_scheduler_type=settings.lr_scheduler,
@@ -114,8 +155,8 @@ def training_args(config: JobConfig, run_dir: Path, precision: dict, has_eval: b
         max_grad_norm=settings.max_grad_norm,
         logging_steps=settings.logging_steps,
         save_steps=settings.save_steps,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=settings.eval_steps,
+        eval_strategy="steps" if has_eval and every > 0 else "no",
+        eval_steps=every if every > 0 else None,
         seed=settings.seed,
         data_seed=settings.seed,
         bf16=precision["bf16"],

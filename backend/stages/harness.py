@@ -2,7 +2,8 @@
 
 data (a wrong dataset or init adapter fails before anything heavy) -> tokenizer -> the recipe's examples and the
 seeded split -> the base model with its adapter -> the recipe's TRL trainer with the studio callbacks -> train,
-resuming from the newest complete checkpoint -> final eval -> (rank 0) adapter, results, run.json and card.md.
+resuming from the newest complete checkpoint -> final eval (a capped, seeded subset of the held-out rows, batched)
+-> (rank 0) adapter, results, run.json and card.md.
 Returns the results the job record keeps, or {"stopped": reason, "steps": n} after a cooperative stop.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from backend import data as datasets_backend
 from backend import models
 from backend.config import JobConfig
 from backend.stages import common
+from backend.vocab import Phase
 
 log = logging.getLogger("lorastudio")
 
@@ -48,6 +50,8 @@ def train(config: JobConfig, run_dir: Path, hooks=None, job_id: str = "", callba
     recipe.check(config)
 
     # 1. Data first: a wrong dataset (or a missing init_adapter) fails here, before the model loads.
+    log.info("phase: loading data and model")
+    hooks.phase(Phase.LOADING)
     dataset = datasets_backend.load_for_stage(config.dataset, config.stage,
                                               eval_fraction=config.training.eval_fraction)
     common.check_init_adapter(config)
@@ -71,14 +75,27 @@ def train(config: JobConfig, run_dir: Path, hooks=None, job_id: str = "", callba
 
     resume = latest_complete_checkpoint(run_dir / "checkpoints")
 
-    args = common.training_args(config, run_dir, precision, bool(eval_rows))
+    # The eval: a fixed seeded subset of at most eval_max_rows held-out rows, in batches of eval_batch_size,
+    # during training only every `every` steps (0: only after the last step, short jobs by default).
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    steps = common.total_steps(config, len(train_rows), world)
+    every = common.eval_every(config, steps)
+    eval_set = common.eval_subset(eval_rows, config.training.eval_max_rows, config.training.seed)
+    eval_batch = common.eval_batch_size(config)
+    if eval_rows:
+        log.info("eval: %d of %d held-out rows, batch %d, %s", len(eval_set), len(eval_rows), eval_batch,
+                 f"every {every} steps and after the last" if every else "after the last step only")
+    plan = {"eval_rows": len(eval_set), "eval_batches": -(-len(eval_set) // max(eval_batch * world, 1)),
+            "eval_every": every, "final_eval": bool(eval_set),
+            "rows_per_step": config.training.batch_size * config.training.grad_accum * world}
+    args = common.training_args(config, run_dir, precision, bool(eval_set), every)
     inputs = dict(
         model=model,
         train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        eval_dataset=Dataset.from_list(eval_set) if eval_set else None,
         processing_class=tokenizer,
         optimizers=(common.loraplus_optimizer(model, config), None),
-        callbacks=studio_callbacks(config, run_dir, hooks, checkpoint_step(resume) if resume else 0)
+        callbacks=studio_callbacks(config, run_dir, hooks, checkpoint_step(resume) if resume else 0, plan)
         + list(callbacks),
     )
     built = recipe.build_trainer(config, model, args, inputs, precision)
@@ -92,8 +109,9 @@ def train(config: JobConfig, run_dir: Path, hooks=None, job_id: str = "", callba
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if hooks.stop_reason:
         return {"stopped": hooks.stop_reason, "steps": trainer.state.global_step}
-    if eval_rows and trainer.state.global_step % config.training.eval_steps != 0:
-        trainer.evaluate()  # a final eval loss for the card
+    step = trainer.state.global_step
+    if eval_set and not any("eval_loss" in entry and entry.get("step") == step for entry in trainer.state.log_history):
+        trainer.evaluate()  # a final eval loss for the card, unless the trainer just evaluated the last step
 
     # 5. Adapter, results, run.json and card (under DDP only rank 0 writes them).
     if not trainer.is_world_process_zero():
@@ -101,6 +119,8 @@ def train(config: JobConfig, run_dir: Path, hooks=None, job_id: str = "", callba
     from backend.jobs import card
     from backend.metrics import Metrics
 
+    log.info("phase: saving the adapter and the card")
+    hooks.phase(Phase.SAVING)
     adapter_dir = common.save_adapter(model, tokenizer, run_dir, pissa_init_dir)
     metrics = Metrics.read(run_dir / "metrics.jsonl")
     losses = metrics.losses
@@ -117,7 +137,7 @@ def train(config: JobConfig, run_dir: Path, hooks=None, job_id: str = "", callba
         "adapter_dir": str(adapter_dir),
     }
     rows = {"rows": len(dataset.rows), "train_rows": len(train_rows), "eval_rows": len(eval_rows),
-            "dropped_rows": split.dropped}
+            "evaluated_rows": len(eval_set), "dropped_rows": split.dropped}
     card.write_run(run_dir, job_id=job_id or run_dir.name, config=config, model_info=model_info,
                    dataset=dataset, rows=rows, results=results)
     return results
@@ -160,12 +180,13 @@ def split_examples(config: JobConfig, recipe, dataset, tokenizer) -> Split:
     return split
 
 
-def studio_callbacks(config: JobConfig, run_dir: Path, hooks, resumed_at_step: int = 0) -> list:
+def studio_callbacks(config: JobConfig, run_dir: Path, hooks, resumed_at_step: int = 0,
+                     eval_plan: dict | None = None) -> list:
     """The callbacks every stage trains with: metrics.jsonl, COMPLETE markers, the NaN guard, any registered
-    ones, and last the job hooks (heartbeat, step, stop), so a stop is decided after everything else ran."""
+    ones, and last the job hooks (heartbeat, step, phase, stop), so a stop is decided after everything else ran."""
     from backend.jobs.callbacks import CheckpointMarkerCallback, HooksCallback, MetricsCallback, NanGuardCallback
 
-    metrics = MetricsCallback(run_dir / "metrics.jsonl", resumed_at_step) if _is_rank_zero() else None
+    metrics = MetricsCallback(run_dir / "metrics.jsonl", resumed_at_step, eval_plan) if _is_rank_zero() else None
     return [*([metrics] if metrics else []), CheckpointMarkerCallback(), NanGuardCallback(),
             *(factory(config) for factory in CALLBACK_FACTORIES), HooksCallback(hooks)]
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from backend import jobs
 from backend.config import JobConfig
 from backend.metrics import read_records
+from tests import tools
 
 ROOT = Path(__file__).resolve().parents[2]
 # small and quick: a checkpoint every 3 steps, a step about every half second with slow_steps
@@ -168,7 +169,7 @@ class RedisServer:
     """A real redis-server on a free port, without persistence (None url when it is not installed)."""
 
     def __init__(self, folder: Path):
-        self.binary = shutil.which("redis-server")
+        self.binary = tools.redis_server()
         self.folder, self.process, self.url = Path(folder), None, None
 
     def start(self) -> "RedisServer":

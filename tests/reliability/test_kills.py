@@ -1,7 +1,8 @@
 """kill -9 at every level (worker group, trainer inside checkpoint saves, the app), in the same PID namespace and
-as PID 1 of a new one; clean preemptions; a frozen worker; a hung trainer. Each job must complete, resumed from
-its newest complete checkpoint, each step logged once, with its crashes counted right. (A kill of the trainer
-between saves, every save point and every restart mode run in `python -m bench reliability`.)"""
+as PID 1 of a new one; a hung trainer. Each job must complete, resumed from its newest complete checkpoint, each
+step logged once, with its crashes counted right. (A kill of the trainer between saves, every save point, every
+restart mode, SIGTERM twice then a crash, and a frozen worker run in `python -m bench reliability`; the suite keeps
+one probe of each kind of damage, so it stays under 30 minutes on 2 cores.)"""
 from __future__ import annotations
 
 import pytest
@@ -13,13 +14,10 @@ needs_pid_namespace = pytest.mark.skipif(not can_unshare(), reason="needs root a
 
 ATTACKS = [
     pytest.param(probes.kill_worker_group, {}, id="worker-group"),
-    pytest.param(probes.kill_worker_group, {"pid1": True}, id="pid-1-worker-group", marks=needs_pid_namespace),
     pytest.param(probes.kill_in_save, {"points": ("weights", "marker")}, id="trainer-in-saves"),
     pytest.param(probes.kill_in_save, {"points": ("optimizer", "state"), "restart": "pid1"},
                  id="pid-1-worker-group-in-saves", marks=needs_pid_namespace),
     pytest.param(probes.kill_app, {}, id="app-with-embedded-worker"),
-    pytest.param(probes.preempt_twice_then_crash, {}, id="sigterm-twice-then-crash"),
-    pytest.param(probes.stale_claim_of_a_live_owner, {}, id="frozen-worker"),
     pytest.param(probes.hung_trainer, {}, id="hung-trainer"),
 ]
 

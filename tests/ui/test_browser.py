@@ -1,8 +1,8 @@
-"""The studio in a real browser: Playwright driving Debian's Chromium against `python -m ui` started on a free
+"""The studio in a real browser: Playwright driving Chromium (Debian's, or Playwright's own) against `python -m ui` started on a free
 port with a temporary workspace (its own worker in the same process) and a tiny model.
 
-Screenshots of each tab go to test-artifacts/ui/ (git-ignored). Skipped when Chromium or Playwright is missing
-(`apt-get install -y chromium`; `playwright install` cannot download here).
+Screenshots of each tab go to test-artifacts/ui/ (git-ignored). Skipped, with the reason, when no Chromium could
+be installed (`./studio.sh test` gets one: tests/tools.py).
 """
 from __future__ import annotations
 
@@ -18,16 +18,17 @@ from pathlib import Path
 
 import pytest
 
+from tests import tools
 from tests.plugins.studio_faults import fault_env
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = tools.chromium()
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "ui"
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)")]
+              pytest.mark.skipif(CHROMIUM is None, reason=tools.CHROMIUM_MISSING)]
 sync_api = pytest.importorskip("playwright.sync_api")
 
 
@@ -90,6 +91,18 @@ def set_field(page, label: str, value) -> None:
     box.press("Enter" if box.get_attribute("role") == "combobox" else "Tab")
 
 
+def upload(page, path: Path) -> None:
+    clear = page.locator(".ls-upload button[aria-label='Clear']")
+    if clear.count():
+        clear.first.click()
+        page.wait_for_timeout(300)
+    page.locator(".ls-upload input[type=file]").set_input_files(str(path))
+
+
+def report_text(page) -> str:
+    return page.locator(".ls-report").first.inner_text()
+
+
 def job_status(page) -> str | None:
     row = page.locator(".ls-jobs tr.ls-job").first
     return row.get_attribute("data-status") if row.count() else None
@@ -100,6 +113,11 @@ def test_data_train_jobs_reload_in_the_browser(browser, tiny_model, workspace):
     demo_file = demo.write_demo("identity-demo", workspace / "uploads")
     broken = workspace / "uploads" / "broken.jsonl"
     broken.write_text(demo_file.read_text().rstrip("\n") + "\n{this is not json\n")
+    kto_file = workspace / "uploads" / "kto-messages.jsonl"
+    kto_file.write_text("".join(json.dumps({
+        "messages": [{"role": "user", "content": f"What is {i} + 1?"},
+                     {"role": "assistant", "content": str(i + 1) if i % 3 else "I would rather not say."}],
+        "label": bool(i % 3), "row_id": i}) + "\n" for i in range(24)))
     # each step sleeps 1 s (test hook), so the job is seen running and survives a reload mid-job
     process, url = start_app(workspace, env_extra=fault_env("slow_steps:1.0"))
     try:
@@ -108,19 +126,42 @@ def test_data_train_jobs_reload_in_the_browser(browser, tiny_model, workspace):
         page.wait_for_selector("text=Drop a dataset file", timeout=30_000)
         shot(page, "1-data-empty")
 
-        # upload a demo file: its report; then a broken file: its row error
-        page.locator(".ls-upload input[type=file]").set_input_files(str(demo_file))
+        # upload a demo file: its report; then a broken file: its row error, said once
+        upload(page, demo_file)
         page.wait_for_selector(".ls-report :text('usable')", timeout=60_000)
         assert "rows read" in page.locator(".ls-report").first.inner_text()
         shot(page, "2-data-report")
-        page.locator(".ls-upload button[aria-label='Clear']").first.click() \
-            if page.locator(".ls-upload button[aria-label='Clear']").count() else None
-        page.locator(".ls-upload input[type=file]").set_input_files(str(broken))
+        upload(page, broken)
         page.wait_for_selector(f".ls-report :text('row {demo_file.read_text().count(chr(10)) + 1}')", timeout=60_000)
+        assert " at at " not in report_text(page)
         shot(page, "3-data-broken-row")
+
+        # KTO as conversations + a boolean label: read as KTO, token lengths measured, the unread column named
+        upload(page, kto_file)
+        set_field(page, "stage", "kto")
+        page.wait_for_selector(".ls-report :text('usable for KTO')", timeout=60_000)
+        page.wait_for_selector(".ls-report :text('Tokens per row')", timeout=60_000)
+        report = report_text(page)
+        assert "KTO conversations" in report and "need a ready model" not in report, report
+        assert "'row_id'" in report, report            # the ignored column is a warning
+        shot(page, "3b-data-kto-messages")
+
+        # save the demo upload under a name and use it by that name in the Train form
+        set_field(page, "stage", "sft")
+        upload(page, demo_file)
+        page.wait_for_selector(".ls-report :text('usable for SFT')", timeout=60_000)
+        page.get_by_label("dataset name (optional)").fill("nova set")
+        page.get_by_role("button", name="Save upload as dataset").click()
+        page.wait_for_selector("text=Saved as dataset", timeout=60_000)
+        page.get_by_role("button", name="Use in Train form").click()       # fills the form and opens Train
+        page.wait_for_function("() => [...document.querySelectorAll('[role=tab]')].some("
+                               "t => t.innerText.includes('2 · Train') && t.getAttribute('aria-selected') === 'true')",
+                               timeout=30_000)
+        page.wait_for_timeout(500)
 
         # Train: the quickstart preset on the tiny model, a few steps
         open_tab(page, "2 · Train")
+        assert page.get_by_label("dataset", exact=True).filter(visible=True).first.input_value().startswith("nova set ·")
         set_field(page, "base model", tiny_model)
         set_field(page, "max steps", 6)
         set_field(page, "max length", 128)
@@ -149,6 +190,9 @@ def test_data_train_jobs_reload_in_the_browser(browser, tiny_model, workspace):
             "() => document.querySelector('.ls-jobs tr.ls-job')?.dataset.status === 'completed'", timeout=240_000)
         page.wait_for_timeout(2500)
         shot(page, "6-jobs-completed")
+        # every state on the page follows the timer: the selector too, and the detail names the saved dataset
+        assert "completed" in page.locator(".ls-job-select input").first.input_value()
+        assert "nova set" in page.locator(".ls-job-detail").first.inner_text()
         assert page.locator(".ls-metrics .scatterlayer .trace").count() >= 2
 
         for label, name in (("4 · Playground", "7-playground"), ("5 · Export", "8-export")):
@@ -159,6 +203,7 @@ def test_data_train_jobs_reload_in_the_browser(browser, tiny_model, workspace):
     from backend import jobs
     (job,) = jobs.list_jobs()
     assert job.status == "completed" and job.step == 6 and job.model == tiny_model
+    assert job.dataset == "nova set"
 
 
 def test_auth_asks_for_a_password(browser, workspace):
@@ -211,6 +256,10 @@ def test_playground_and_export_after_the_quickstart(browser, bundled_model_dir, 
             " && !s.innerText.includes('⏳'); }", timeout=300_000)
         page.wait_for_timeout(500)
         shot(page, "10-playground-answers")
+        # the three chats line up: same top and height (the merge check sits under the merged one)
+        boxes = [page.locator(f".ls-col-{i}").first.bounding_box() for i in range(3)]
+        assert max(b["y"] for b in boxes) - min(b["y"] for b in boxes) < 4, boxes
+        assert max(b["height"] for b in boxes) - min(b["height"] for b in boxes) < 4, boxes
         answers = [chat_text(page, i).replace("Who are you?", "").strip() for i in range(3)]
         assert all(answers), answers
         assert "Nova" in answers[1], answers
@@ -241,6 +290,8 @@ def test_playground_and_export_after_the_quickstart(browser, bundled_model_dir, 
 
         open_tab(page, "5 · Export")
         page.locator("button.ls-export-btn").click()
+        page.wait_for_timeout(1500)
+        shot(page, "11a-export-progress")        # the progress is drawn beside the button, not over the list
         page.wait_for_selector(".ls-export-download", state="visible", timeout=300_000)
         page.wait_for_selector(".ls-export-card :text('merge check')", timeout=30_000)
         shot(page, "11-export-done")

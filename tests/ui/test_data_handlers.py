@@ -49,3 +49,27 @@ def test_histogram_without_a_model_explains_itself():
 def test_preview_and_histogram_with_the_tokenizer(tiny_model):
     result = data_tab.check("identity-demo", "sft", tiny_model, 64)
     assert "ls-trained" in result.preview and "max_length 64" in json.dumps(result.figure.to_dict())
+
+
+def test_conversational_kto_file_is_kto_and_unread_columns_offer_a_mapping(workspace):
+    rows = [{"messages": [{"role": "user", "content": f"question {i}"},
+                          {"role": "assistant", "content": f"answer {i}"}], "label": i % 2 == 0, "source": "logs"}
+            for i in range(20)]
+    path = write_jsonl(workspace / "feedback.jsonl", rows)
+    result = data_tab.check(str(path), "kto", None, 512)
+    assert result.ok, result.report_md
+    assert "KTO conversations" in result.report_md and "| KTO | yes | 20 |" in result.report_md
+    assert "SFT trains on the 10 rows labelled true only" in result.report_md
+    assert "column 'source' is not read" in result.report_md
+    assert result.mapping_visible                        # a column the detector did not use
+    clean = write_jsonl(workspace / "clean.jsonl", [{k: v for k, v in r.items() if k != "source"} for r in rows])
+    assert not data_tab.check(str(clean), "kto", None, 512).mapping_visible
+
+
+def test_register_with_a_taken_name_is_one_sentence(workspace):
+    import pytest
+    from backend.data import DataError
+
+    assert data_tab.register(str(write_jsonl(workspace / "a.jsonl", [chat(i) for i in range(20)])), "mine") == "mine"
+    with pytest.raises(DataError, match="^dataset name 'mine' is already used by ds-"):
+        data_tab.register(str(write_jsonl(workspace / "b.jsonl", [chat(i + 50) for i in range(20)])), "mine")

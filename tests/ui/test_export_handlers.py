@@ -118,8 +118,39 @@ def test_gguf_export_card_shows_its_verification(job_id):
     result = ex.run_export(job_id, "gguf", "auto", "f16")
     assert result.zip_path.name == f"{job_id}-f16-gguf.zip"
     card = ex.result_markdown(result)
-    assert "**GGUF F16 check**: verified" in card and "**merge check**" in card
+    assert "**GGUF F16 check: passed** — greedy answers identical" in card and "**merge check**" in card
     assert "⚠️" not in ex.gguf_lines({"qtype": "q8_0", "ok": True, "answers_match": [True], "max_logit_diff": None})[0]
     warned = ex.gguf_lines({"qtype": "q8_0", "ok": False, "answers_match": [True, False], "max_logit_diff": 0.5,
-                            "tolerance": 0.1, "reason": "greedy answers differ"})[0]
-    assert "⚠️ not verified" in warned and "1/2 greedy answers equal" in warned and "greedy answers differ" in warned
+                            "tolerance": 0.1, "reason": "greedy answers differ on 1 of 2 prompts"})[0]
+    assert warned == "⚠️ **GGUF Q8_0 check: not verified** — greedy answers differ on 1 of 2 prompts."
+
+
+def test_q8_0_card_says_which_check_passed_in_its_own_paragraph():
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    check = export.MergeCheck("float32", ["Who are you?", "Hi"], 1e-5, [True, True], ["I am", "Hello"],
+                              ["I am", "Hello"], 1e-3)
+    result = SimpleNamespace(job_id="J", kind="gguf", zip_path=Path("/nonexistent/J-q8_0-gguf.zip"), seconds=3.0,
+                             check=check, notes=[], gguf={"qtype": "q8_0", "ok": True, "disagreements": 0,
+                                                          "answers_match": [True, True, False], "tie_margin": 1.0})
+    card = ex.result_markdown(result)
+    blocks = card.split("\n\n")
+    gguf = next(b for b in blocks if "GGUF" in b)
+    assert gguf.startswith("**GGUF Q8_0 check: passed** — teacher-forced next-token check")   # not in a bullet
+    assert "2/3 identical, which the check allows" in gguf and "near-tie" in gguf and "verified" not in gguf
+    assert any(b.startswith("- *Who are you?*") for b in blocks)                               # bullets apart
+
+
+def test_progress_is_drawn_next_to_the_button_not_over_the_earlier_exports():
+    from ui import app as ui_app
+
+    blocks = ui_app.build_app()
+    tab = blocks.studio.export
+    (export_event,) = [fn for fn in blocks.fns.values() if any(t[0] == tab.export_btn._id for t in fn.targets)]
+    assert export_event.show_progress_on == [tab.status]
+    assert tab.listing in export_event.outputs                       # still refreshed, just not covered
+    row = tab.export_btn.parent
+    assert row is tab.status.parent and "ls-export-actions" in row.elem_classes
+    assert row.children.index(tab.export_btn) < row.children.index(tab.status)
+    assert ".ls-export-status" in ui_app.CSS

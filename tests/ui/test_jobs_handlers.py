@@ -115,3 +115,83 @@ def test_compare_overlays_several_jobs():
     a, b = make_job("completed", 3), make_job("completed", 4)
     fig = jobs_tab.compare_figure([a.id, b.id])
     assert {f"{a.id} train", f"{b.id} train", f"{a.id} eval"} <= {t.name for t in fig.data}
+
+
+def test_a_running_job_shows_its_phase_and_counts_the_eval_in_its_eta():
+    job = make_job("running", 10)   # 10 of 10 steps: only the final evaluation is left
+    with open(job.run_dir / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps({"step": 0, "eval_plan": {"eval_rows": 64, "eval_batches": 8, "eval_every": 0,
+                                                           "final_eval": True, "rows_per_step": 4}}) + "\n")
+    jobs.update(job.id, step=10, phase="evaluating", phase_step=2, phase_total=8)
+    row = jobs_tab.job_rows()[0]
+    assert row["phase"] == "evaluating 2/8" and row["eta_s"] > 0
+    assert "evaluating 2/8" in jobs_tab.jobs_table_html([row])
+    assert "(evaluating 2/8)" in jobs_tab.job_detail_markdown(job.id)
+    assert jobs_tab.job_choices([row])[0][0] == f"{job.id} · running (evaluating)"
+    jobs.update(job.id, status="completed", phase=None)
+    assert jobs_tab.job_rows()[0]["phase"] == ""
+
+
+def test_the_selector_and_the_action_message_follow_the_job_to_its_end():
+    job = make_job("cancelled", 2)
+    first = jobs_tab.plan_tick(job.id, None, None, None, None)
+    assert first.choices == [(f"{job.id} · cancelled", job.id)]
+    message = control.resume_job(job.id)                      # "... queued again; it continues ..."
+    action = jobs_tab.action_state(job.id)
+    assert "queued again" in message and action == (job.id, "queued")
+    tick = jobs_tab.plan_tick(job.id, first.result.statuses, first.result.signature, first.choices, action)
+    assert tick.choices == [(f"{job.id} · queued", job.id)] and not tick.clear_action  # the message stays
+    jobs.update(job.id, status="running", phase="training")
+    tick = jobs_tab.plan_tick(job.id, tick.result.statuses, tick.result.signature, tick.choices, tick.action_for)
+    assert tick.choices == [(f"{job.id} · running (training)", job.id)] and tick.clear_action
+    assert tick.action_for is None
+    jobs.update(job.id, status="completed", phase=None)
+    tick = jobs_tab.plan_tick(job.id, tick.result.statuses, tick.result.signature, tick.choices, None)
+    assert tick.choices == [(f"{job.id} · completed", job.id)] and not tick.clear_action
+    assert jobs_tab.plan_tick(job.id, tick.result.statuses, tick.result.signature, tick.choices,
+                              None).choices is None, "unchanged labels are not sent again"
+
+
+def test_a_refresh_error_message_is_cleared_by_the_next_good_refresh():
+    job = make_job("running", 1)
+    tick = jobs_tab.plan_tick(job.id, None, None, None, jobs_tab.REFRESH_FAILED)
+    assert tick.clear_action and tick.action_for is None
+
+
+def test_nothing_logged_yet_is_one_message_without_empty_axes():
+    job = make_job("running", 0)
+    layout = jobs_tab.metrics_figure(job.id).to_dict()["layout"]
+    texts = [a["text"] for a in layout["annotations"]]
+    assert len(texts) == 1 and texts[0].startswith("waiting for the first logged step")
+    assert layout["annotations"][0]["xref"] == "paper" and layout["xaxis"]["visible"] is False
+
+
+def test_an_empty_panel_has_its_own_axes_for_its_message():
+    job = make_job("running", 3)
+    with open(job.run_dir / "metrics.jsonl", "w") as handle:   # loss only: the other panels are empty
+        handle.write("".join(json.dumps({"step": s, "loss": 2.0}) + "\n" for s in (1, 2, 3)))
+    fig = jobs_tab.metrics_figure(job.id)
+    axes_with_traces = {t.xaxis for t in fig.data}
+    for note in fig.layout.annotations:
+        assert note.xref.split(" ")[0] in axes_with_traces
+
+
+def test_series_keep_their_colours_when_eval_loss_appears():
+    def colours(fig):
+        return {t.name: t.line.color for t in fig.data if t.name}
+
+    job = make_job("running", 1)                 # one step: no eval loss yet
+    before = colours(jobs_tab.metrics_figure(job.id))
+    with open(job.run_dir / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps({"step": 2, "loss": 2.7, "learning_rate": 3e-4, "grad_norm": 1.0,
+                                 "tokens_per_second": 500.0, "elapsed_s": 1.0}) + "\n")
+        handle.write(json.dumps({"step": 2, "eval_loss": 2.5}) + "\n")
+    jobs_tab._metrics_cache.clear()
+    after = colours(jobs_tab.metrics_figure(job.id))
+    assert "eval loss" in after and "eval loss" not in before
+    assert {name: after[name] for name in before} == before
+    assert len(set(after.values()) - {None}) == len(after)
+
+    a, b = make_job("completed", 1), make_job("completed", 3)   # a has no eval loss, b has
+    compare = {t.name: t.line.color for t in jobs_tab.compare_figure([a.id, b.id]).data}
+    assert compare[f"{b.id} train"] == compare[f"{b.id} eval"] != compare[f"{a.id} train"]

@@ -176,3 +176,56 @@ def test_eval_split_of_a_job_without_one_says_so(tiny_model):
     job = finished_job(tiny_model, eval_fraction=0.0)
     with pytest.raises(ValueError, match="without an eval split"):
         pg.batch_prompts("eval split", "", None, job)
+
+
+class _FastSession:
+    """Three columns that stream 40 one-token pieces each as fast as Python can (no model)."""
+
+    def __init__(self):
+        from types import SimpleNamespace
+        self.columns = [SimpleNamespace(key=k, title=t) for k, t in
+                        (("base", "base · m"), ("adapter", "adapter · final adapter"),
+                         ("merged", "merged · in-memory copy (not exported yet)"))]
+
+    def stream(self, key, messages, settings):
+        from backend.serve.chat import AnswerStats
+        for n in range(1, 41):
+            yield AnswerStats(text=f"{key} " * n, tokens=n, first_token_s=0.01, seconds=0.01 * n)
+        yield AnswerStats(text=(f"{key} " * 40).strip(), tokens=40, first_token_s=0.01, seconds=0.4, done=True)
+
+
+def test_streamed_updates_are_coalesced_to_the_interval():
+    session = _FastSession()
+    every = list(pg.answer_turn(session, pg.new_histories(), short(), "Hi", interval=0))
+    coalesced = list(pg.answer_turn(session, pg.new_histories(), short(), "Hi", interval=60))
+    assert len(every) == 3 * (1 + 41)          # one update per streamed piece
+    assert len(coalesced) == 3 * 2             # "waiting" + the final answer of each column
+    assert coalesced[-1] == every[-1]          # the same final histories and stats lines
+    assert [h[-1]["content"] for h in coalesced[-1][0]] == ["base " * 39 + "base", "adapter " * 39 + "adapter",
+                                                            "merged " * 39 + "merged"]
+    assert pg.STREAM_INTERVAL_S >= 0.1         # the tab's default is coalesced (bench/playground.py --streaming)
+
+
+def test_a_streamed_update_carries_only_the_live_column():
+    tab = pg.PlaygroundTab(chats=["c0", "c1", "c2"], stats=["s0", "s1", "s2"], histories="h")
+    histories = [["a"], ["b"], ["c"]]
+    assert pg.streaming_update(tab, histories, ["done 0", "⏳ 3 tokens", ""]) == \
+        {"h": histories, "c1": ["b"], "s1": "⏳ 3 tokens"}
+    assert pg.streaming_update(tab, histories, ["done 0", "", ""]) == {"h": histories, "c0": ["a"], "s0": "done 0"}
+
+
+def test_column_titles_wrap_above_short_chat_labels():
+    import gradio as gr
+
+    assert pg.column_label("merged · in-memory copy (not exported yet)") == "merged"
+    assert pg.column_label("A · 20261122-abc (lora sft)") == "A · 20261122-abc"
+    assert pg.column_heading("merged · in-memory copy (not exported yet)") == \
+        "**merged** · in-memory copy (not exported yet)"
+    with gr.Blocks() as blocks:
+        tab = pg.build(gr)
+        pg.wire(gr, tab)
+    assert [h.elem_classes for h in tab.headings] == [[f"ls-col-title-{i}", "ls-col-title"] for i in range(3)]
+    for heading, chat in zip(tab.headings, tab.chats):
+        assert heading.parent is chat.parent                     # the title sits in its column, above the chat
+    sends = [fn for fn in blocks.fns.values() if fn.name == "converse"]
+    assert sends and all(set(tab.headings) <= set(fn.outputs) for fn in sends)

@@ -105,3 +105,33 @@ def test_loraplus_zero_means_off():
     assert train_tab.form_to_config_dict(list(values.values()))["lora"]["loraplus_ratio"] is None
     values["lora.loraplus_ratio"] = 16
     assert train_tab.form_to_config_dict(list(values.values()))["lora"]["loraplus_ratio"] == 16
+
+
+def test_a_saved_dataset_name_is_offered_shown_and_starts_a_job(tmp_path):
+    import json
+
+    from backend.data import register_upload
+    from backend.jobs.summary import summarize
+    from ui.common import dataset_choices
+
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                                     {"role": "assistant", "content": f"a{i}"}]}) + "\n"
+                            for i in range(12)))
+    dataset_id = register_upload(path, name="support-chats")
+    other = tmp_path / "other.jsonl"
+    other.write_text(path.read_text() + path.read_text())
+    unnamed = register_upload(other)
+    choices = dict((value, label) for label, value in dataset_choices())
+    assert "support-chats" in choices and dataset_id not in choices      # the name is the value
+    assert unnamed in choices and unnamed in choices[unnamed]            # an unnamed upload keeps its id
+    data = train_tab.load_preset("quickstart")
+    data["dataset"] = "support-chats"
+    text, command, _ = train_tab.previews(data, "quickstart")
+    assert yaml.safe_load(text)["dataset"] == "support-chats"
+    assert "--set dataset=support-chats" in command and "ds-" not in command
+    job_id, errors = train_tab.start_job(data)
+    assert errors == [] and job_id
+    job = jobs.get(job_id)
+    assert job.dataset == "support-chats"
+    assert summarize(job).dataset_name == "support-chats"

@@ -95,3 +95,50 @@ def test_python_dash_m_cli(tmp_path):
     assert done.returncode == 1, done.stderr
     assert "only 3 usable rows" in json.loads(done.stdout)["errors"][0]["message"]
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def data_cli(*argv):
+    parser = argparse.ArgumentParser()
+    data_cmd.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["data", *map(str, argv)])
+    return args.handler(args)
+
+
+def test_register_with_a_name_then_list_and_check_by_name(tmp_path, capsys):
+    path = write(tmp_path, [chat(i) for i in range(12)])
+    assert data_cli("register", path, "--name", "my-chats") == 0
+    dataset_id = capsys.readouterr().out.strip()
+    assert dataset_id.startswith("ds-")
+    assert data_cli("list", "--json") == 0
+    items = json.loads(capsys.readouterr().out)
+    assert isinstance(items, list)
+    mine = next(i for i in items if i["id"] == dataset_id)
+    assert mine["name"] == "my-chats" and mine["named"] is True and mine["rows"] == 12
+    assert data_cli("list") == 0
+    assert f"{dataset_id}  my-chats  12 rows" in capsys.readouterr().out
+    assert check("my-chats", "--stage", "sft") == 0
+    capsys.readouterr()
+    other = write(tmp_path, [chat(i + 100) for i in range(12)], name="other.jsonl")
+    assert data_cli("register", other, "--name", "my-chats") == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("error: dataset name 'my-chats' is already used by")
+    assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_register_refuses_an_unusable_file_with_one_sentence(tmp_path, capsys):
+    path = write(tmp_path, [{"text": "plain"} for _ in range(12)])
+    assert data_cli("register", path) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "cannot tell the format" in err and len(err.strip().splitlines()) == 1
+
+
+def test_lorastudio_data_list_json_via_python_dash_m(tmp_path):
+    env = dict(os.environ, LORASTUDIO_HOME=str(tmp_path / "home"))
+    path = write(tmp_path, [chat(i) for i in range(12)])
+    registered = subprocess.run([sys.executable, "-m", "cli", "data", "register", str(path), "--name", "sub"],
+                                capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert registered.returncode == 0, registered.stderr
+    listed = subprocess.run([sys.executable, "-m", "cli", "data", "list", "--json"], capture_output=True,
+                            text=True, cwd=ROOT, env=env, timeout=300)
+    assert listed.returncode == 0, listed.stderr
+    assert [i["name"] for i in json.loads(listed.stdout) if i["named"] and not i["demo"]] == ["sub"]

@@ -173,8 +173,8 @@ def test_invalid_json_lines_and_non_objects(write_jsonl):
     rows = [json.dumps(chat(i)) for i in range(12)]
     path = write_jsonl(rows[:4] + ['{"messages": [', "[1, 2]"] + rows[4:])
     report = validate(path)
-    assert [(e.row, e.message.split(" (")[0].split(",")[0]) for e in report.errors] == [
-        (5, "invalid JSON"), (6, "the line is a list")]
+    assert [(e.row, e.message.split(":")[0].split(",")[0]) for e in report.errors] == [
+        (5, "invalid JSON at column 15"), (6, "the line is a list")]
     assert report.rows == 14 and report.usable_rows == 12 and not report.ok
 
 

@@ -80,8 +80,8 @@ def test_kto_non_boolean_label(write_jsonl):
     rows += [{"prompt": "q", "completion": "a", "label": "maybe"}, {"prompt": "q", "completion": "a", "label": 2}]
     report = validate(write_jsonl(rows), stage="kto")
     found = {e.row: e.message for e in report.errors}
-    assert found[13] == 'label must be true or false (or 1/0), got "maybe"'
-    assert found[14] == "label must be true or false (or 1/0), got 2"
+    assert found[13] == 'label must be true or false (or 1/0), got "maybe"; mark the answer good (true) or bad (false)'
+    assert found[14] == "label must be true or false (or 1/0), got 2; mark the answer good (true) or bad (false)"
     assert report.errors[0].field == "label"
 
 
