@@ -228,13 +228,22 @@ def chat_text(page, column: int) -> str:
 
 
 @pytest.mark.e2e
-def test_playground_and_export_after_the_quickstart(browser, bundled_model_dir, workspace):
-    # the quickstart job trained inline first (~1 min), as `lorastudio train quickstart --inline` does
-    env = dict(os.environ, LORASTUDIO_HOME=str(workspace), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    trained = subprocess.run([sys.executable, "-m", "cli", "train", "quickstart", "--inline"], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=900)
+def test_playground_and_export_after_the_quickstart(browser, quickstart_home, workspace):
+    # the session's quickstart job (`lorastudio train quickstart --inline`, trained once for all tests), copied
+    # into this test's workspace without the exports other tests made of it
+    home, job_id, trained = quickstart_home
     assert trained.returncode == 0, trained.stderr[-3000:]
-    job_id = trained.stdout.strip().splitlines()[-1]
+    for item in home.rglob("*"):
+        target = workspace / item.relative_to(home)
+        if item.relative_to(home).parts[0] == "exports" or target.exists() or target.is_symlink():
+            continue
+        if item.is_symlink():
+            target.symlink_to(item.readlink(), target_is_directory=item.is_dir())
+        elif item.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(item, target)
 
     process, url = start_app(workspace, "--no-workers")
     try:
