@@ -8,11 +8,21 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     import cli
 
-    if argv and argv[0] in cli.COMMANDS and argv[0] != "ui":
+    word = argv[0] if argv else ""
+    if word == "help" and len(argv) > 1:                  # `lorastudio help train` = `lorastudio train --help`
+        return main([argv[1], "--help"])
+    if word in ("help", "-h", "--help"):
+        print(cli.overview())
+        return 0
+    if word == "--version":
+        print(f"lorastudio {cli.version()}")
+        return 0
+    if not word or word.startswith("-") or word == "ui":  # `lorastudio` alone, or with UI flags only: the UI
+        return launch(argv[1:] if word == "ui" else argv)
+    if word in cli.COMMANDS:
         return cli.main(argv)
-    if argv and argv[0] == "ui":
-        argv = argv[1:]
-    return launch(argv)
+    print(cli.unknown_command(word), file=sys.stderr)
+    return 2
 
 
 def launch(argv: list[str]) -> int:

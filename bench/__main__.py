@@ -41,6 +41,7 @@ BENCHMARKS = {
     "methods": ("LoRA / QLoRA / DoRA / PiSSA tokens/s and memory vs LoRA", {}, {"steps": 3, "rounds": 1}),
     "playground": ("playground and export", {}, {"quick": True}),
     "gguf": ("GGUF export size, time and peak memory", {"argv": []}, {"argv": ["--rounds", "1"]}),
+    "evaluate": ("quality report: batched vs one-at-a-time generation, the task section", {}, {"quick": True}),
     "reliability": ("kills, restarts, several workers, a full disk, a killed export: what held", {},
                     {"only": ("group", "trainer", "save-weights", "save-marker-group", "app", "preempt", "sqlite-3",
                               "redis-2", "frozen", "hung", "export-zip", "group-pid1", "disk-full")}),
@@ -52,6 +53,7 @@ TINY = {  # the smallest settings, with the model replaced by --tiny MODEL_DIR
     "estimator": {"lengths": (64,), "batch": 2, "steps": 2, "methods": ("lora",)},
     "methods": {"length": 64, "batch": 2, "steps": 2, "rounds": 1, "methods": ("lora", "dora")},
     "playground": {"quick": True}, "gguf": {"argv": ["--rounds", "1"]}, "reliability": {"only": ("trainer",)},
+    "evaluate": {"rows": 6, "max_new_tokens": 4, "batch_sizes": (1, 4), "steps": 2},
 }
 
 

@@ -43,6 +43,7 @@ def matrix(root_only_ok: bool) -> dict:
             **{f"save-{point}-pid1": ("kill_in_save", {"points": (point,), "restart": "pid1"})
                for point in SAVE_POINTS},
             "app-pid1": ("kill_app", {"pid1": True}), "disk-full": ("disk_full", {}),
+            "namespaces": ("same_host_other_namespace", {}),
         })
     return rows
 

@@ -1,4 +1,5 @@
-"""`python -m ui [--host H] [--port P] [--auth user:pass] [--share] [--max-upload-mb N] [--workers N | --no-workers]`
+"""`python -m ui [--host H] [--port P] [--auth user:pass] [--allowed-hosts NAMES] [--share] [--max-upload-mb N]
+[--workers N | --no-workers]`
 
 The UI next to the local worker. The web
 server runs in a background thread; the worker runs in the main thread (it owns SIGTERM / SIGINT: running
@@ -20,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port to serve on")
     parser.add_argument("--auth", default=None, metavar="USER:PASS",
                         help="ask for this user and password (or set LORASTUDIO_AUTH=user:pass)")
+    parser.add_argument("--allowed-hosts", default=None, metavar="NAMES",
+                        help="comma-separated host names besides this machine's that browsers may use to reach "
+                             "the studio, e.g. a reverse proxy's (or LORASTUDIO_ALLOWED_HOSTS); others are refused")
     parser.add_argument("--share", action="store_true",
                         help="also create a PUBLIC gradio.live link (off unless given; use with --auth)")
     parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
@@ -49,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         from backend import data
         data.ensure_demo_datasets()
     app = launch(host=args.host, port=args.port, auth=args.auth, share=args.share,
-                 max_upload_mb=args.max_upload_mb, prevent_thread_lock=True)
+                 max_upload_mb=args.max_upload_mb, prevent_thread_lock=True, allowed_hosts=args.allowed_hosts)
     print(f"LoRA Studio is running at http://{args.host}:{args.port}", flush=True)
     try:
         if args.no_workers:

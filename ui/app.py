@@ -2,8 +2,11 @@
 
 Security defaults: binds 127.0.0.1; a password with auth=("user", "pass") or LORASTUDIO_AUTH=user:pass; a
 public share link only when share=True (with a warning); uploads capped at max_upload_mb; the server may
-serve files only from the workspace's exports/ folder (besides Gradio's own upload cache); no free-form
-argument box reaches model loading (every control maps to one JobConfig field that validate() checks).
+serve files only from the workspace's exports/ folder (besides Gradio's own upload cache), and of that only
+finished downloads; no free-form argument box reaches model loading (every control maps to one JobConfig
+field that validate() checks). `ui/guard.py` sits in front of every request: Host and Origin checks, no named
+HTTP API, login throttling. Every event handler is private (none is listed in Gradio's API info, so the page
+shown before sign-in carries nothing of the workspace either).
 """
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ import os
 import sys
 from dataclasses import dataclass
 
-TAB_DATA, TAB_TRAIN, TAB_JOBS, TAB_PLAYGROUND, TAB_EXPORT = "data", "train", "jobs", "playground", "export"
+TAB_DATA, TAB_TRAIN, TAB_JOBS, TAB_PLAYGROUND, TAB_EVALUATE, TAB_EXPORT = ("data", "train", "jobs", "playground",
+                                                                  "evaluate", "export")
 DEFAULT_HOST, DEFAULT_PORT, DEFAULT_MAX_UPLOAD_MB = "127.0.0.1", 7860, 1024
 TITLE = "LoRA Studio"
 
@@ -45,13 +49,14 @@ class Studio:
     train: object
     jobs: object
     playground: object
+    evaluate: object
     export: object
 
 
 def build_app() -> "gr.Blocks":  # noqa: F821
     import gradio as gr
 
-    from ui import data_tab, export_tab, jobs_tab, playground_tab, train_tab
+    from ui import data_tab, evaluate_tab, export_tab, jobs_tab, playground_tab, train_tab
     from backend import workspace
 
     # exports are served in place (no copy of a multi-GB zip into Gradio's cache)
@@ -59,7 +64,7 @@ def build_app() -> "gr.Blocks":  # noqa: F821
 
     with gr.Blocks(title=TITLE, analytics_enabled=False) as app:
         gr.Markdown(f"## {TITLE}\nFine-tune a chat model in four steps: **Data** → **Train** → **Jobs** → "
-                    "**Playground / Export**. Everything stays on this machine.")
+                    "**Playground / Evaluate / Export**. Everything stays on this machine.")
         timer = gr.Timer(jobs_tab.REFRESH_S)
         with gr.Tabs(selected=TAB_DATA) as tabs:
             with gr.Tab("1 · Data", id=TAB_DATA):
@@ -70,13 +75,18 @@ def build_app() -> "gr.Blocks":  # noqa: F821
                 jobs = jobs_tab.build(gr)
             with gr.Tab("4 · Playground", id=TAB_PLAYGROUND) as playground_item:
                 playground = playground_tab.build(gr)
-            with gr.Tab("5 · Export", id=TAB_EXPORT) as export_item:
+            with gr.Tab("5 · Evaluate", id=TAB_EVALUATE) as evaluate_item:
+                evaluate = evaluate_tab.build(gr)
+            with gr.Tab("6 · Export", id=TAB_EXPORT) as export_item:
                 export = export_tab.build(gr)
         studio = Studio(tabs=tabs, timer=timer, data=data, train=train, jobs=jobs, playground=playground,
-                        export=export)
+                        evaluate=evaluate, export=export)
         _wire_across_tabs(gr, studio)
         playground_tab.wire(gr, playground, playground_item)
+        evaluate_tab.wire(gr, evaluate, evaluate_item)
         export_tab.wire(gr, export, export_item)
+    for fn in app.fns.values():   # the page calls its handlers through the queue; nothing is a public API
+        fn.api_visibility = "private"
     app.studio = studio   # for tests
     return app
 
@@ -131,13 +141,23 @@ def parse_auth(auth: str | tuple | None) -> tuple[str, str] | None:
 
 
 def launch(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, auth=None, share: bool = False,
-           max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, prevent_thread_lock: bool = False):
-    """Start the web server. Returns the Blocks (with prevent_thread_lock=True the call returns at once)."""
+           max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, prevent_thread_lock: bool = False,
+           allowed_hosts: str | None = None):
+    """Start the web server. Returns the Blocks (with prevent_thread_lock=True the call returns at once).
+    `allowed_hosts`: comma-separated names besides this machine's that requests may use (a reverse proxy's
+    name); None reads LORASTUDIO_ALLOWED_HOSTS."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ["LORASTUDIO_MAX_UPLOAD_MB"] = str(max_upload_mb)   # the data readers enforce it too
-    from backend import workspace
+    from starlette.middleware import Middleware
+
+    from backend import export, workspace
+    from ui import guard
 
     credentials = parse_auth(auth)
+    # a share link arrives through Gradio's relay under a name only known once it exists: it is public anyway
+    trusted = guard.parse_allowed_hosts(allowed_hosts) | ({"*"} if share else set())
+    front_door = Middleware(guard.Guard, allowed=guard.allowed_hosts(host), trusted=trusted,
+                            exports_dir=workspace.exports_dir(), is_download=export.is_download)
     if share:
         print("WARNING: --share creates a PUBLIC link through Gradio's relay: anyone with the link can use this "
               "studio and the machine's GPUs" + ("" if credentials else "; add --auth user:pass") + ".",
@@ -152,5 +172,6 @@ def launch(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, auth=None, share:
                max_file_size=f"{int(max_upload_mb)}mb" if max_upload_mb else None,
                allowed_paths=[str(workspace.exports_dir())], show_error=False, ssr_mode=False,
                prevent_thread_lock=prevent_thread_lock, quiet=True, css=CSS, theme=gr.themes.Soft(),
+               app_kwargs={"middleware": [front_door]}, footer_links=["gradio", "settings"], run_history=False,
                auth_message="LoRA Studio: sign in with the user and password given to --auth / LORASTUDIO_AUTH.")
     return app

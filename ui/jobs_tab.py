@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import os
 import re
+import time
 from dataclasses import dataclass
 
 from backend import jobs, workspace
@@ -298,6 +299,25 @@ def compare_figure(job_ids: list[str] | None):
     return fig
 
 
+DELETE_CONFIRM_S = 300.0
+
+
+def delete_request(job_id: str) -> tuple[str, float]:
+    """What the page keeps (in server-side session state) once Delete… was pressed for this job."""
+    return (job_id, time.time())
+
+
+def delete_confirmed(job_id: str | None, asked) -> None:
+    """Raises ValueError unless this page asked to delete this very job in the last few minutes: the delete
+    handler alone (a forged call, a stale button) deletes nothing without the confirmation step before it."""
+    if not job_id:
+        raise ValueError("select a job first")
+    if not asked or asked[0] != job_id:
+        raise ValueError(f"press Delete… for job {job_id} first, then confirm")
+    if time.time() - float(asked[1]) > DELETE_CONFIRM_S:
+        raise ValueError("the delete confirmation has expired; press Delete… again")
+
+
 def clone_config(job_id: str) -> dict:
     job = jobs.get(job_id)
     if job is None:
@@ -398,6 +418,7 @@ class JobsTab:
     signature: object = None      # gr.State: metrics signature of the chart shown
     shown_choices: object = None  # gr.State: the selector's labels as last sent (redrawn when one changes)
     action_for: object = None     # gr.State: (job id, its status) an action message speaks of; cleared after
+    delete_asked: object = None   # gr.State (server side): (job id, asked at) of the delete the page asked to confirm
     timer: object = None
 
 
@@ -431,6 +452,7 @@ def build(gr) -> JobsTab:
     tab.signature = gr.State(None)
     tab.shown_choices = gr.State(None)
     tab.action_for = gr.State(None)
+    tab.delete_asked = gr.State(None)
     return tab
 
 
@@ -496,25 +518,28 @@ def wire(gr, tab: JobsTab, timer, clone_outputs: list, on_clone):
 
     def ask_delete(job_id):
         if not job_id:
-            return gr.update(visible=False), "", "Select a job first."
-        return gr.update(visible=True), f"Delete job **{job_id}** with its run folder (adapter, checkpoints, " \
-                                        "log)? This cannot be undone.", ""
+            return gr.update(visible=False), "", "Select a job first.", None
+        return (gr.update(visible=True), f"Delete job **{job_id}** with its run folder (adapter, checkpoints, "
+                "log)? This cannot be undone.", "", delete_request(job_id))
 
-    tab.delete_btn.click(ask_delete, tab.selector, [tab.confirm_row, tab.confirm_text, tab.action_status])
+    tab.delete_btn.click(ask_delete, tab.selector, [tab.confirm_row, tab.confirm_text, tab.action_status,
+                                                    tab.delete_asked])
 
-    def do_delete(job_id):
+    def do_delete(job_id, asked):
         try:
+            delete_confirmed(job_id, asked)
             control.delete_job(job_id)
         except Exception as error:  # noqa: BLE001
-            return gr.update(visible=False), f"⚠️ {one_line(error)}", gr.skip()
+            return gr.update(visible=False), f"⚠️ {one_line(error)}", gr.skip(), None
         gr.Info(f"Job {job_id} deleted.")
         rows = job_rows()
         ids = [r["id"] for r in rows]
         return (gr.update(visible=False), f"Job {job_id} deleted.",
-                gr.update(choices=job_choices(rows), value=ids[0] if ids else None))
+                gr.update(choices=job_choices(rows), value=ids[0] if ids else None), None)
 
-    tab.confirm_btn.click(do_delete, tab.selector, [tab.confirm_row, tab.action_status, tab.selector])
-    tab.keep_btn.click(lambda: gr.update(visible=False), None, tab.confirm_row)
+    tab.confirm_btn.click(do_delete, [tab.selector, tab.delete_asked],
+                          [tab.confirm_row, tab.action_status, tab.selector, tab.delete_asked])
+    tab.keep_btn.click(lambda: (gr.update(visible=False), None), None, [tab.confirm_row, tab.delete_asked])
 
     def do_clone(job_id):
         if not job_id:

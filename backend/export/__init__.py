@@ -342,9 +342,11 @@ def _write_card(source, folder: Path, kind: str, dtype: str | None, check: Merge
         base = (training.get("base_model") or {}).get("path") or models.resolve(source.config.model).path
         how = (f"Load it with peft on its base model **{source.config.model}** (run from this folder; the base "
                "path is where it lies on the machine that trained it):\n\n" + usage_python("adapter", ".", base))
+    from backend.evaluate.report import card_section, read_report
+    quality = card_section(read_report(source.job_id), source.label)
     text = (f"# {source.job_id} ({kind})\n\n{source.config.method.upper()} {source.config.stage.upper()} "
             f"fine-tune of **{source.config.model}** made with LoRA Studio.\n\nLineage: {' -> '.join(lineage)}."
-            f"{verified}\n\n## Use\n\n{how}\n## Facts\n\n```yaml\n{yaml.safe_dump(facts, sort_keys=False)}```\n")
+            f"{verified}\n\n{quality}## Use\n\n{how}\n## Facts\n\n```yaml\n{yaml.safe_dump(facts, sort_keys=False)}```\n")
     (folder / "README.md").write_text(text, encoding="utf-8")
 
 
@@ -464,10 +466,23 @@ def list_exports(job_id: str | None = None) -> list[ExportFile]:
     root = workspace.exports_dir()
     found = []
     for path in root.glob(f"{job_id or '*'}/*"):
-        if path.is_file() and not path.name.startswith(".") and path.suffix in (".zip", ".gguf"):
+        if is_download(path) and path.suffix in (".zip", ".gguf"):
             stat = path.stat()
             found.append(ExportFile(path, path.parent.name, stat.st_size, stat.st_mtime))
     return sorted(found, key=lambda f: f.created, reverse=True)
+
+
+DOWNLOAD_SUFFIXES = (".zip", ".gguf", ".csv")   # exports, and the CSV tables of batch compare / quality reports
+
+
+def is_download(path) -> bool:
+    """A finished download: a zip, GGUF or CSV file directly in exports/<job_id>/, not hidden (never a
+    `.partial` file, a staging folder or the unzipped folder's parts). The web server serves nothing else of
+    exports/."""
+    path = Path(path)
+    root = workspace.exports_dir().resolve()
+    return (path.parent.parent.resolve() == root and not path.name.startswith(".")
+            and not path.parent.name.startswith(".") and path.suffix in DOWNLOAD_SUFFIXES and path.is_file())
 
 
 def download_path(path) -> Path:
@@ -475,6 +490,6 @@ def download_path(path) -> Path:
     candidate = Path(path)
     if not workspace.is_inside(candidate, workspace.exports_dir()):
         raise ExportError(f"'{path}' is outside the workspace's exports folder; only exports can be downloaded")
-    if candidate.name.startswith(".") or not candidate.is_file():
+    if not is_download(candidate):
         raise ExportError(f"'{candidate.name}' is not a finished export; export the job again")
     return candidate.resolve()

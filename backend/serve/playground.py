@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 
 from backend import workspace
-from backend.vocab import Stage
 from backend.models import adapters
 from backend.serve.chat import AnswerStats, GenerationSettings, stream_answer
 from backend.export import VERIFY_PROMPTS, MergeCheck, follow, merge_check, probe
@@ -221,33 +220,18 @@ def _row_prompt(row: dict) -> BatchPrompt | None:
 
 
 def eval_prompts(job_id: str, limit: int = 50) -> list[BatchPrompt]:
-    """The job's eval split, rebuilt exactly as the stage split it (same filter, same seeded shuffle)."""
-    from backend import data as datasets_backend
-    from backend import models
-    from backend.stages import recipe_for
-    from backend.stages.harness import split_examples
+    """The first `limit` rows of the job's eval split, rebuilt exactly as the stage split it (same filter, same
+    seeded shuffle: backend.evaluate.heldout, the one implementation); KTO references carry their label."""
+    from backend.evaluate import heldout
 
     source = adapters.adapter_source(job_id)
-    config = source.config
-    if config.training.eval_fraction <= 0:
-        raise ValueError(f"job {job_id} trained without an eval split (training.eval_fraction = 0); "
-                         "type or upload prompts instead")
-    dataset = datasets_backend.load_for_stage(config.dataset, config.stage,
-                                              eval_fraction=config.training.eval_fraction)
-    tokenizer = models.load_tokenizer(config.model, config.chat_template)
-    eval_rows = split_examples(config, recipe_for(config.stage), dataset, tokenizer).eval_source_rows
     out = []
-    for row in eval_rows[:limit]:
-        if config.stage == Stage.SFT:
-            messages = row["messages"]
-            last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-            out.append(BatchPrompt(messages[:last], messages[last]["content"]))
+    for row in heldout.split(source.config, source.job_id).rows[:limit]:
+        if row.label is not None:
+            reference = f"[{'desirable' if row.label else 'undesirable'}] {row.completion}"
         else:
-            answer = row.get("chosen") or row.get("completion") or []
-            reference = answer[-1]["content"] if isinstance(answer, list) and answer else str(answer)
-            if config.stage == Stage.KTO:
-                reference = f"[{'desirable' if row.get('label') else 'undesirable'}] {reference}"
-            out.append(BatchPrompt(row["prompt"], reference))
+            reference = row.reference
+        out.append(BatchPrompt(row.messages, reference))
     return out
 
 

@@ -10,18 +10,20 @@ job with a sentence that names the disk and keeps the previous checkpoint, a kil
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from backend import jobs, workspace
 from tests.plugins.studio_faults import KILL_GROUP_MARKER, fault_env
-from tests.reliability.lab import (Lab, complete_checkpoints, free_port, job_status, loss_steps, resumed_from,
-                                   torn_checkpoints, wait_until)
+from tests.reliability.lab import (FAST_QUEUE_ENV, Lab, complete_checkpoints, free_port, job_status, loss_steps,
+                                   resumed_from, torn_checkpoints, wait_until)
 
 SLOW = fault_env("slow_steps:0.4")
 STEPS = 12
@@ -247,6 +249,132 @@ def stale_claim_of_a_live_owner(lab: Lab) -> Outcome:
     outcome.check(job_status(job_id) == "completed", f"after SIGCONT the job is {job_status(job_id)}")
     outcome.check(resumed_from(job_id)[:1] == [good], f"resumed from {resumed_from(job_id)}, not {good}")
     return _finish(outcome, job_id, started, reached)
+
+
+def same_host_other_namespace(lab: Lab) -> Outcome:
+    """Two workers on one workspace with one hostname, each PID 1 of its own PID namespace (two containers that
+    share a volume and a hostname). A claims a job and trains it (slowly; it holds at step 7, alive and beating);
+    B starts meanwhile and reaps every second. A's pids mean nothing in B's namespace (B is PID 1 there too): B
+    must leave the live job alone (one claim, A's; one trainer; each step logged once). Then A's whole namespace
+    is killed: B takes the job over by its stale heartbeat alone, resumes it from checkpoint-6 and completes it,
+    never two trainers at once."""
+    outcome, started = Outcome("same hostname, two PID namespaces: a live job kept, a dead one taken over"), \
+        time.monotonic()
+    job_id = lab.submit()
+    watch = _TrainerWatch(job_id).start()
+    try:
+        first = lab.worker(pid1=True, LORASTUDIO_STALL_AFTER_S="600",   # held, its heartbeat beats on
+                           **fault_env("slow_steps:0.4,hang_at_step:7"))
+        claim = wait_until(lambda: _claimed_with_trainer(job_id), what="worker A to claim the job and start training")
+        second = lab.worker(pid1=True, **SLOW)
+        second_id = wait_until(lambda: _worker_id(second), what="worker B to start (after its first reap)")
+        holding = jobs.get(job_id).run_dir / ".fault-hang@7"     # the fault's marker: A holds at step 7
+        wait_until(lambda: jobs.get(job_id).attempts != 1 or holding.exists(),
+                   what="A to reach step 7 (or B to take the job)")
+        time.sleep(3 * float(FAST_QUEUE_ENV["LORASTUDIO_REAP_EVERY_S"]))   # B reaps 3 more times meanwhile
+        live = jobs.get(job_id)
+        namespaces = {"A": _namespace(first), "B": _namespace(second)}
+        outcome.check(None not in namespaces.values() and namespaces["A"] != namespaces["B"],
+                      f"the workers do not run in two PID namespaces: {namespaces}")
+        outcome.check(claim.owner.split(":")[1] == "1" == second_id.split(":")[1],
+                      f"the workers are not PID 1 each ({claim.owner}, {second_id})")
+        outcome.check((live.status, live.attempts, live.crashes) == ("running", 1, 0),
+                      f"while A trained it, the job was {live.status} with attempts/crashes {live.attempts}/"
+                      f"{live.crashes}, not running 1/0: B re-queued or claimed a live job")
+        outcome.check(live.owner == claim.owner and live.trainer == claim.trainer,
+                      f"while A trained it, the owner / trainer changed from {claim.owner} / {claim.trainer} to "
+                      f"{live.owner} / {live.trainer}")
+        outcome.check(watch.namespaces() == [namespaces["A"]],
+                      f"trainers while A held the job ran in namespaces {watch.namespaces()}, not only A's")
+        outcome.check(loss_steps(job_id) == list(range(1, 7)),
+                      f"while A trained it, metrics.jsonl logged steps {loss_steps(job_id)}, not 1..6 once each")
+        outcome.check(f"reaped job {job_id}" not in second.log.read_text(errors="replace"),
+                      "B reaped the live job")
+        first.kill_group()                                  # A's worker, its trainer: the whole namespace
+        last_beat = jobs.get(job_id).heartbeat
+        taken = wait_until(lambda: jobs.get(job_id).attempts >= 2 and time.time(), what="B to take the job over")
+        wait_until(lambda: job_status(job_id) in ("completed", "failed"), what="the job to end under B")
+    finally:
+        watch.stop()
+    stale = float(FAST_QUEUE_ENV["LORASTUDIO_STALE_AFTER_S"])
+    outcome.check(taken - last_beat >= stale - 0.5, f"B took the job {taken - last_beat:.1f} s after A's last "
+                                                    f"heartbeat, before it went stale ({stale:.0f} s)")
+    outcome.check(jobs.get(job_id).owner == second_id, f"the job ended owned by {jobs.get(job_id).owner}, "
+                                                       f"not by B ({second_id})")
+    outcome.check(watch.namespaces() == [namespaces["A"], namespaces["B"]],
+                  f"trainers ran in namespaces {watch.namespaces()}, not A's then B's")
+    outcome.check(watch.most_at_once == 1, f"{watch.most_at_once} trainers of the job ran at once")
+    outcome.check(resumed_from(job_id) == [6], f"resumed from {resumed_from(job_id)}, not [6]")
+    outcome.note = f"B took over {taken - last_beat:.1f} s after A's last heartbeat"
+    outcome = _finish(outcome, job_id, started, 7)
+    outcome.check((outcome.attempts, outcome.crashes) == (2, 1), f"attempts/crashes {outcome.attempts}/"
+                                                                 f"{outcome.crashes}, not 2/1")
+    return outcome
+
+
+def _claimed_with_trainer(job_id: str):
+    job = jobs.get(job_id)
+    return job if job.status == "running" and job.trainer else None
+
+
+def _worker_id(service) -> str | None:
+    """The owner id a worker logged at start (host:pid:start), once its first reap is done."""
+    found = re.search(r"worker (\S+): \d+ slot", service.log.read_text(errors="replace"))
+    return found.group(1) if found else None
+
+
+def _namespace(service) -> str | None:
+    """The PID namespace of a service's worker (the child of `unshare`, PID 1 there), as this process sees it."""
+    import psutil
+    try:
+        children = psutil.Process(service.process.pid).children()
+        return os.readlink(f"/proc/{children[0].pid}/ns/pid") if children else None
+    except (psutil.Error, OSError):
+        return None
+
+
+class _TrainerWatch:
+    """Samples every 0.2 s, from this (the outermost) PID namespace, the training processes of one job: how many
+    ran at once, and the PID namespace of each in the order they appeared."""
+
+    def __init__(self, job_id: str):
+        self.job_id = job_id
+        self.seen: dict[int, str] = {}       # pid here -> its PID namespace, in order of appearance
+        self.most_at_once = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "_TrainerWatch":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=10)
+
+    def namespaces(self) -> list[str]:
+        """The namespaces of the trainers seen, in order, repeats of one in a row collapsed."""
+        order = []
+        for namespace in list(self.seen.values()):
+            if not order or order[-1] != namespace:
+                order.append(namespace)
+        return order
+
+    def _run(self) -> None:
+        import psutil
+        while not self.done.wait(0.2):
+            running = []
+            for process in psutil.process_iter(["cmdline", "status"]):
+                cmdline = process.info["cmdline"] or []
+                if "workers.train_process" in cmdline and self.job_id in cmdline \
+                        and process.info["status"] != psutil.STATUS_ZOMBIE:
+                    running.append(process.pid)
+                    if process.pid not in self.seen:
+                        try:
+                            self.seen[process.pid] = os.readlink(f"/proc/{process.pid}/ns/pid")
+                        except OSError:
+                            pass
+            self.most_at_once = max(self.most_at_once, len(running))
 
 
 def hung_trainer(lab: Lab) -> Outcome:

@@ -195,7 +195,7 @@ def test_data_train_jobs_reload_in_the_browser(browser, tiny_model, workspace):
         assert "nova set" in page.locator(".ls-job-detail").first.inner_text()
         assert page.locator(".ls-metrics .scatterlayer .trace").count() >= 2
 
-        for label, name in (("4 · Playground", "7-playground"), ("5 · Export", "8-export")):
+        for label, name in (("4 · Playground", "7-playground"), ("6 · Export", "8-export")):
             open_tab(page, label)
             shot(page, name)
     finally:
@@ -297,7 +297,27 @@ def test_playground_and_export_after_the_quickstart(browser, quickstart_home, wo
         assert "Nova" in table and "What is the capital of Italy?" in table, table
         shot(page, "12-playground-batch")
 
-        open_tab(page, "5 · Export")
+        # the quality report: base vs adapter on the held-out rows, forgetting and the shipped lm-eval task
+        open_tab(page, "5 · Evaluate")
+        page.wait_for_function(f"() => [...document.querySelectorAll('.ls-eval-job input')]"
+                               f".some(i => i.value.includes('{job_id}'))", timeout=30_000)
+        set_field(page, "benchmarks (lm-evaluation-harness)", "studio_arith")
+        set_field(page, "rows per section", 4)
+        set_field(page, "max new tokens", 16)
+        page.locator("button.ls-eval-run").click()
+        page.wait_for_selector(".ls-eval-summary :text('Quality report of')", timeout=300_000)
+        page.wait_for_selector(".ls-eval-csv", state="visible", timeout=30_000)
+        page.wait_for_timeout(800)
+        shot(page, "13-evaluate-report")
+        summary = page.locator(".ls-eval-summary").first.inner_text()
+        assert "better" in summary and "exact match" in summary, summary
+        metrics = page.locator(".ls-eval-metrics").first.inner_text()
+        for expected in ("exact match", "KL", "changed", "studio_arith"):
+            assert expected in metrics, metrics
+        assert "Nova" in page.locator(".ls-eval-rows").first.inner_text()
+        assert page.locator(".ls-eval-chart .js-plotly-plot").count() == 1
+
+        open_tab(page, "6 · Export")
         page.locator("button.ls-export-btn").click()
         page.wait_for_timeout(1500)
         shot(page, "11a-export-progress")        # the progress is drawn beside the button, not over the list
@@ -314,6 +334,8 @@ def test_playground_and_export_after_the_quickstart(browser, quickstart_home, wo
         import zipfile
         with zipfile.ZipFile(saved) as archive:
             assert any(name.endswith(".safetensors") for name in archive.namelist())
+            card = next(name for name in archive.namelist() if name.endswith("README.md"))
+            assert "## Quality report" in archive.read(card).decode("utf-8")     # the report made above
         assert job_id in page.locator(".ls-export-list").first.inner_text()
     finally:
         stop_app(process)
