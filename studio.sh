@@ -2,6 +2,7 @@
 # LoRA Studio set-up and launch. Two commands (see README.md):
 #   ./studio.sh start [app options]   set up everything (first run: a few minutes) and start the app
 #   ./studio.sh test [pytest options] set up everything plus the test tools and run the whole test suite
+#   ./studio.sh test --fast [...]     the same set-up, then only the fast tier (-m "not slow")
 # The virtual environment lives in .venv (override with LORASTUDIO_VENV); re-runs skip the install
 # unless pyproject.toml changed.
 set -euo pipefail
@@ -75,10 +76,14 @@ case "$command" in
     test)
         setup dev
         test_tools
+        if [ "${1:-}" = "--fast" ]; then   # the fast tier: what a contributor runs before each commit (<= 4 min)
+            shift
+            exec "$VENV/bin/python" -m pytest -m "not slow" "$@"
+        fi
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     *)
-        echo "usage: ./studio.sh start [app options] | ./studio.sh test [pytest options]" >&2
+        echo "usage: ./studio.sh start [app options] | ./studio.sh test [--fast] [pytest options]" >&2
         exit 2
         ;;
 esac

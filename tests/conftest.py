@@ -14,6 +14,13 @@ os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 BUNDLED = "smollm2-135m-instruct"
 
 
+def pytest_collection_modifyitems(items):
+    """e2e and browser tests are slow too, so the fast tier is one expression: -m "not slow"."""
+    for item in items:
+        if item.get_closest_marker("e2e") or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def bundled_model_dir(tmp_path_factory) -> Path:
     """The bundled SmolLM2, converted from its GGUF once for the whole session."""

@@ -1,7 +1,10 @@
 """The padding benchmark runs on a tiny model in seconds and prints its table (no timing assertions)."""
+import pytest
+
 from bench import padding
 
 
+@pytest.mark.slow
 def test_padding_benchmark_prints_its_table(tiny_model_dir, capsys):
     text = padding.main(synthetic=4, rounds=1, batch=2, max_length=128, model=str(tiny_model_dir),
                         efficiency_rows=50)

@@ -52,6 +52,7 @@ def test_quickstart_report_says_the_adapter_got_better_and_what_moved(quickstart
     assert "exact match (held-out rows): base" in text.stdout and "eval.json" in text.stdout
 
 
+@pytest.mark.slow
 def test_bad_input_gets_one_sentence_and_exit_1(quickstart_job, tmp_path):
     missing = run_cli("eval", "no-such-job")
     assert missing.returncode == 1 and "no job 'no-such-job'" in missing.stderr

@@ -27,6 +27,7 @@ def test_unknown_config_names_the_presets():
     assert result.returncode == 1 and "quickstart" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_failed_job_exits_1_with_its_reason(tiny_model_dir, workspace):
     result = run_cli("train", "quickstart", "--inline", "--set", f"model={tiny_model_dir}",
                      "--set", "dataset=/nonexistent/data.jsonl")

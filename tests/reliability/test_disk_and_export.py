@@ -8,6 +8,8 @@ import pytest
 
 from tests.reliability import probes
 
+pytestmark = pytest.mark.slow  # each probe starts workers and trainers as processes
+
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mount"), reason="mounting a small tmpfs needs root")
 def test_a_full_disk_fails_the_job_with_one_sentence_and_resume_finishes_it(lab, tiny_model_dir, tmp_path):

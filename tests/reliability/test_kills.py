@@ -10,6 +10,8 @@ import pytest
 from tests.reliability import probes
 from tests.reliability.lab import can_unshare
 
+pytestmark = pytest.mark.slow  # each probe starts workers and trainers as processes
+
 needs_pid_namespace = pytest.mark.skipif(not can_unshare(), reason="needs root and unshare(1) for a PID namespace")
 
 ATTACKS = [

@@ -1,7 +1,11 @@
 """Several workers on one queue, several jobs: every job runs exactly once (SQLite and Redis)."""
 from __future__ import annotations
 
+import pytest
+
 from tests.reliability import probes
+
+pytestmark = pytest.mark.slow  # several worker processes train real jobs
 
 
 def test_three_workers_on_the_sqlite_queue_run_each_job_once(lab):

@@ -8,6 +8,8 @@ import pytest
 from tests.reliability import probes
 from tests.reliability.lab import can_unshare
 
+pytestmark = pytest.mark.slow  # workers in PID namespaces train real jobs
+
 
 @pytest.mark.skipif(not can_unshare(), reason="needs root and unshare(1) for PID namespaces")
 def test_a_worker_in_another_namespace_leaves_a_live_job_alone_and_takes_over_a_dead_one(lab):

@@ -112,6 +112,7 @@ def test_failed_export_offers_nothing_to_download(job_id, workspace, monkeypatch
     assert jobs.get(job_id).status == "completed"
 
 
+@pytest.mark.slow
 def test_gguf_export_card_shows_its_verification(job_id):
     if "gguf" not in export.KINDS:
         pytest.skip("this backend has no GGUF export")

@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from backend import jobs
 from tests.reliability.lab import complete_checkpoints, job_status, loss_steps, resumed_from, wait_until
 from tests.plugins.studio_faults import fault_env
@@ -12,6 +14,7 @@ from tests.plugins.studio_faults import fault_env
 SLOW = fault_env("slow_steps:0.4")
 
 
+@pytest.mark.slow
 def test_queued_job_completes_and_metrics_stream_while_running(start_worker, submit):
     job_id = submit()
     worker = start_worker(**SLOW)
@@ -28,6 +31,7 @@ def test_queued_job_completes_and_metrics_stream_while_running(start_worker, sub
     assert shown[job_id]["status"] == "completed" and shown[job_id]["step"] == 12
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_at_the_stop_step_and_resumes_on_restart(start_worker, submit):
     job_id = submit(save_steps=100)  # no periodic checkpoint: the one kept is the preemption's
     worker = start_worker(**SLOW)
@@ -42,6 +46,7 @@ def test_sigterm_checkpoints_at_the_stop_step_and_resumes_on_restart(start_worke
     assert resumed_from(job_id) == [stopped_at] and loss_steps(job_id) == list(range(1, 13))
 
 
+@pytest.mark.slow
 def test_cancel_while_queued_and_while_running(start_worker, submit):
     queued = submit()
     result = subprocess.run([sys.executable, "-m", "cli", "jobs", "cancel", queued, "--json"],
@@ -57,6 +62,7 @@ def test_cancel_while_queued_and_while_running(start_worker, submit):
     assert not loss_steps(queued) and jobs.get(queued).attempts == 0, "the cancelled queued job never ran"
 
 
+@pytest.mark.slow
 def test_duplicate_enqueue_runs_once(start_worker, submit):
     from workers.queue import enqueue
 
@@ -70,6 +76,7 @@ def test_duplicate_enqueue_runs_once(start_worker, submit):
     assert jobs.get(job_id).attempts == 1 and loss_steps(job_id) == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_a_job_that_crashes_every_attempt_ends_failed_after_3(start_worker, submit):
     job_id = submit(save_steps=100)
     start_worker(**fault_env("crash_at_step:2"))
@@ -79,6 +86,7 @@ def test_a_job_that_crashes_every_attempt_ends_failed_after_3(start_worker, subm
     assert "died (killed by SIGKILL) on each of 3 attempts" in job.reason
 
 
+@pytest.mark.slow
 def test_nan_at_step_3_fails_with_that_reason(start_worker, submit):
     job_id = submit()
     start_worker(**fault_env("nan_at_step:3"))
@@ -100,6 +108,7 @@ def test_a_missing_dataset_fails_before_the_model_loads(start_worker, submit, wo
     assert not (jobs.get(job_id).run_dir / "process.log").exists(), "no training process was started"
 
 
+@pytest.mark.slow
 def test_two_jobs_on_one_slot_run_in_order(start_worker, submit):
     first, second = submit(max_steps=4), submit(max_steps=4)
     start_worker()

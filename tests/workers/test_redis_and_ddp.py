@@ -1,9 +1,13 @@
 """The same queue on RedisHuey with a real redis-server, and a data-parallel job (2 CPU processes, gloo)."""
 from __future__ import annotations
 
+import pytest
+
 from backend import jobs
 from tests.reliability.lab import complete_checkpoints, job_status, loss_steps, resumed_from, wait_until
 from tests.plugins.studio_faults import fault_env
+
+pytestmark = pytest.mark.slow  # redis-server, workers and torchrun processes train real jobs
 
 SLOW = fault_env("slow_steps:0.4")
 

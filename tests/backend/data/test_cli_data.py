@@ -65,6 +65,7 @@ def test_missing_file_and_pickle_are_one_sentence(tmp_path, capsys):
     assert "Traceback" not in captured.err and "refused" in json.loads(captured.out)["errors"][0]["message"]
 
 
+@pytest.mark.slow
 def test_model_flag_measures_tokens(tmp_path, capsys, tokenizer):
     # `tokenizer` comes from the bundled model, which the workspace fixture links into this test's home
     path = write(tmp_path, [chat(i) for i in range(12)])

@@ -218,3 +218,17 @@ def test_csv_kto_with_text_labels_and_jsonl_saved_as_json(tmp_path):
     lines.write_text("".join(json.dumps(chat(i)) + "\n" for i in range(12)))
     report = validate(lines, stage="sft")
     assert report.ok and report.rows == 12
+
+
+def test_inspect_file_reads_the_content_not_the_name_and_keeps_to_the_allowed_folders(tmp_path, workspace):
+    from backend.data import readers
+
+    good = tmp_path / "rows.jsonl"
+    good.write_text('{"messages": []}\n')
+    assert readers.inspect_file(good) == (good.resolve(), "jsonl", good.stat().st_size)
+    disguised = tmp_path / "rows.csv"
+    disguised.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(readers.FileRejected, match="rows.csv is a Python pickle"):
+        readers.inspect_file(disguised)
+    with pytest.raises(readers.FileRejected, match="outside the folders datasets may be read from.*DATA_DIRS"):
+        readers.check_allowed("/proc/self/environ")

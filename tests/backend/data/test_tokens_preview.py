@@ -88,3 +88,18 @@ def test_load_for_stage_rows_tokenize_like_the_report(tokenizer):
     lengths = sorted(tokenize_conversation(tokenizer, r["messages"])["length"] for r in rows)
     report = validate("identity-demo", stage="sft", tokenizer=tokenizer)
     assert report.length_values == lengths and report.ok
+
+
+def test_measure_row_counts_every_stage_and_flags_a_lost_answer(tokenizer):
+    from backend.data import tokens
+
+    sft = chat("What is 2+2?", "Four.")
+    pair = {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello there!"}],
+            "rejected": [{"role": "assistant", "content": "Go away."}]}
+    fits = tokens.measure_row(tokenizer, "sft", sft, 512)
+    assert fits["length"] > 5 and not fits["lost"] and fits["error"] is None
+    assert tokens.measure_row(tokenizer, "sft", sft, 4)["lost"], "an answer cut off entirely is lost"
+    dpo = tokens.measure_row(tokenizer, "dpo", pair, 512)
+    assert dpo["length"] > 5 and not dpo["lost"]
+    rows = tokens.measure_rows([sft, sft], tokenizer, "sft", 512)
+    assert [row["length"] for row in rows] == [fits["length"]] * 2

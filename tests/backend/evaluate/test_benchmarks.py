@@ -77,6 +77,7 @@ def test_shipped_and_user_tasks_run_through_lm_eval_for_base_and_adapter(lora_jo
     assert metrics["my_capitals/acc"].values["adapter"] == pytest.approx(expected)
 
 
+@pytest.mark.slow
 def test_a_task_that_needs_the_hub_or_does_not_exist_gets_one_sentence(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

@@ -85,6 +85,7 @@ def test_sft_section_scores_every_variant_from_its_own_answers(lora_job):
     assert progress.done == progress.total and any("adapter: generating answers" in t for t in seen)
 
 
+@pytest.mark.slow
 def test_dpo_section_adds_how_often_chosen_beats_rejected(tiny_model):
     job = stage_job(tiny_model, "dpo", "concise-pairs")
     ctx = load_context(job, settings=GenerationSettings(max_new_tokens=4), max_rows=4, batch_size=4)

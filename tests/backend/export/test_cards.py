@@ -11,6 +11,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from backend import export, workspace
 from backend.export import gguf as gguf_export
 
@@ -70,6 +72,7 @@ def check_modelfile(text: str, folder) -> None:
         assert re.fullmatch(r'"[^"]+"', stop), stop
 
 
+@pytest.mark.slow
 def test_every_card_snippet_runs_against_the_exported_files(lora_job, tmp_path):
     merged = export.export_job(lora_job, "merged", "float32", prompts=PROMPTS)
     adapter = export.export_job(lora_job, "adapter")

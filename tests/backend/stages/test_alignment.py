@@ -70,7 +70,8 @@ def train_records(run_dir) -> list[dict]:
     return [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
 
 
-@pytest.mark.parametrize("method", list(METHOD_CASES))
+@pytest.mark.parametrize("method", [case if case == "lora" else pytest.param(case, marks=pytest.mark.slow)
+                                    for case in METHOD_CASES])  # the fast tier trains LoRA; the full suite all
 @pytest.mark.parametrize("stage", ["dpo", "orpo", "kto"])
 def test_stage_trains_each_method(stage, method, tiny_model, workspace, smol_tokenizer):
     config = tiny_config(tiny_model, stage, **METHOD_CASES[method])
