@@ -32,6 +32,7 @@ BENCHMARKS = {
     "overhead": ("studio SFT stage vs a plain TRL script", {}, {"steps": 8, "rounds": 1}),
     "queue": ("time the queue adds; callback cost per step", {}, {"rounds": 1}),
     "data": ("dataset validation and tokenisation speed", {}, {"rows": 20_000, "tokenize_rows": 2_000}),
+    "load": ("20 pages refreshing the Jobs tab of a real app while a job trains", {}, {"quick": True}),
     "ui": ("UI refresh latency, idle and while training", {"argv": []},
            {"argv": ["--repeats", "10", "--data-repeats", "2", "--jobs", "10", "--rows", "2000"]}),
     "alignment": ("DPO vs SFT step time and memory", {}, {"steps": 6, "rounds": 1}),
@@ -53,6 +54,7 @@ TINY = {  # the smallest settings, with the model replaced by --tiny MODEL_DIR
     "estimator": {"lengths": (64,), "batch": 2, "steps": 2, "methods": ("lora",)},
     "methods": {"length": 64, "batch": 2, "steps": 2, "rounds": 1, "methods": ("lora", "dora")},
     "playground": {"quick": True}, "gguf": {"argv": ["--rounds", "1"]}, "reliability": {"only": ("trainer",)},
+    "load": {"clients": 3, "window": 3.0, "jobs": 3},
     "evaluate": {"rows": 6, "max_new_tokens": 4, "batch_sizes": (1, 4), "steps": 2},
 }
 

@@ -4,8 +4,8 @@ job uses the CPU.
     python -m bench.ui [--repeats 40] [--data-repeats 5] [--jobs 30] [--train-threads 1] [--no-train]
 
 Jobs refresh = one timer tick as the page runs it (ui.jobs_tab.refresh: job table of every job, the selected
-running job's detail, metrics chart rebuilt (worst case: the chart is forced to redraw every tick), log tail)
-plus gr.Plot's serialisation of the figure. The workspace holds --jobs finished jobs (200 logged steps each)
+running job's detail, metrics chart rebuilt, log tail) plus gr.Plot's handling of the figure, with the shared
+view cleared first (worst case: what one change costs; every open page then shares it, see bench/load.py). The workspace holds --jobs finished jobs (200 logged steps each)
 and one running job. Data validation = ui.data_tab.check on a 10k-row chat JSONL with the bundled model's
 tokenizer (report + token-length histogram + preview). "Training" runs `lorastudio train quickstart --inline`
 on the bundled model in a subprocess (OMP threads = --train-threads) during the measurement.
@@ -33,8 +33,9 @@ def pct(values: list[float], q: float) -> float:
     return values[index]
 
 
-def seed_jobs(count: int) -> str:
-    """`count` finished jobs with 200 logged steps and one running job; returns the running job's id."""
+def seed_jobs(count: int, running: bool = True) -> str | None:
+    """`count` finished jobs with 200 logged steps and (unless running=False) one running job (a record, no
+    process behind it); returns the running job's id."""
     from backend import jobs
     from backend.config import JobConfig
 
@@ -52,6 +53,8 @@ def seed_jobs(count: int) -> str:
         job = jobs.create(JobConfig.from_dict({"training": {"max_steps": 200}}))
         metrics(job, 200)
         jobs.update(job.id, status="completed", step=200, results={"final_train_loss": 0.4})
+    if not running:
+        return None
     running = jobs.create(JobConfig.from_dict({"training": {"max_steps": 400}}))
     metrics(running, 150)
     jobs.update(running.id, status="running", step=150)
@@ -77,9 +80,10 @@ def time_refresh(job_id: str, repeats: int) -> list[float]:
     out = []
     statuses = None
     for _ in range(repeats):
+        jobs_tab._shared.clear()      # the worst case: every value rebuilt (what a change costs, once for all pages)
         start = time.perf_counter()
         result = jobs_tab.refresh(job_id, statuses, None)
-        plot.postprocess(result.figure)
+        plot.postprocess(gr.components.plot.PlotData(type="plotly", plot=result.figure))
         out.append((time.perf_counter() - start) * 1000)
         statuses = result.statuses
         time.sleep(0.05)

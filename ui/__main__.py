@@ -2,15 +2,19 @@
 [--workers N | --no-workers]`
 
 The UI next to the local worker. The web
-server runs in a background thread; the worker runs in the main thread (it owns SIGTERM / SIGINT: running
-jobs keep a checkpoint and resume at the next start). With --no-workers the web server runs alone.
+server runs in background threads below the training's priority (nice +5, LORASTUDIO_UI_NICE); the worker runs
+in the main thread (it owns SIGTERM / SIGINT: running jobs keep a checkpoint and resume at the next start).
+With --no-workers the web server runs alone.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import threading
+
+DEFAULT_UI_NICE = 5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,10 +40,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def ui_nice() -> int:
+    return int(os.environ.get("LORASTUDIO_UI_NICE", str(DEFAULT_UI_NICE)))
+
+
+def launch_below_training(**launch_args):
+    """Start the web server in threads that yield the CPU to training. Linux keeps a nice value per thread and
+    a new thread inherits its creator's: the server is started from a thread at nice +LORASTUDIO_UI_NICE (5),
+    so its event loop and handler threads run below the worker, which stays in the main thread at the user's
+    priority with the training processes it starts. Many open pages then slow each other, not the training."""
+    from ui.app import launch
+
+    started = {}
+
+    def start():
+        try:
+            thread = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + ui_nice())
+        except (OSError, AttributeError):   # not Linux, or not allowed: the server runs at the usual priority
+            pass
+        try:
+            started["app"] = launch(**launch_args)
+        except BaseException as error:  # noqa: BLE001 - raised again in the caller's thread
+            started["error"] = error
+
+    starter = threading.Thread(target=start, name="lorastudio-ui-start")
+    starter.start()
+    starter.join()
+    if "error" in started:
+        raise started["error"]
+    return started["app"]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from ui.app import launch, parse_auth
+    from ui.app import parse_auth
 
     try:
         parse_auth(args.auth)
@@ -52,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from backend import data
         data.ensure_demo_datasets()
-    app = launch(host=args.host, port=args.port, auth=args.auth, share=args.share,
-                 max_upload_mb=args.max_upload_mb, prevent_thread_lock=True, allowed_hosts=args.allowed_hosts)
+    app = launch_below_training(host=args.host, port=args.port, auth=args.auth, share=args.share,
+                                max_upload_mb=args.max_upload_mb, prevent_thread_lock=True,
+                                allowed_hosts=args.allowed_hosts)
     print(f"LoRA Studio is running at http://{args.host}:{args.port}", flush=True)
     try:
         if args.no_workers:

@@ -101,10 +101,11 @@ def _wire_across_tabs(gr, s: Studio) -> None:
         return {s.tabs: gr.Tabs(selected=TAB_JOBS),
                 s.jobs.selector: gr.update(choices=jobs_tab.job_choices(rows), value=job_id),
                 s.jobs.table: jobs_tab.jobs_table_html(rows), s.jobs.detail: jobs_tab.job_detail_markdown(job_id),
-                s.jobs.chart: jobs_tab.metrics_figure(job_id), s.jobs.signature: jobs_tab.metrics_signature(job_id)}
+                s.jobs.chart: jobs_tab.metrics_figure(job_id), s.jobs.signature: jobs_tab.metrics_signature(job_id),
+                s.jobs.sent: None}
 
     train_tab.wire_start(gr, s.train, [s.tabs, s.jobs.selector, s.jobs.table, s.jobs.detail, s.jobs.chart,
-                                       s.jobs.signature], on_started)
+                                       s.jobs.signature, s.jobs.sent], on_started)
 
     # Jobs -> Clone -> Train form filled, Train tab shown
     train_inputs = s.train.inputs()
