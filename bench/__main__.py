@@ -55,7 +55,7 @@ TINY = {  # the smallest settings, with the model replaced by --tiny MODEL_DIR
     "methods": {"length": 64, "batch": 2, "steps": 2, "rounds": 1, "methods": ("lora", "dora")},
     "playground": {"quick": True}, "gguf": {"argv": ["--rounds", "1"]}, "reliability": {"only": ("trainer",)},
     "load": {"clients": 3, "window": 3.0, "jobs": 3},
-    "evaluate": {"rows": 6, "max_new_tokens": 4, "batch_sizes": (1, 4), "steps": 2},
+    "evaluate": {"rows": 6, "max_new_tokens": 4, "batch_sizes": (1, 4), "steps": 2, "report_rows": 3},
 }
 
 
@@ -96,8 +96,15 @@ def section(name: str, body: str, settings: dict, mode: str) -> str:
 
 
 def read_sections(text: str) -> dict[str, str]:
-    pattern = re.compile(r"<!-- bench:(\w+) -->\n.*?<!-- /bench:\1 -->\n", re.S)
+    """Each section with the hand-written notes that follow it (up to the next section), so that a rerun keeps
+    them (see notes_after)."""
+    pattern = re.compile(r"<!-- bench:(\w+) -->\n.*?<!-- /bench:\1 -->\n(?:(?!<!-- bench:).)*", re.S)
     return {m.group(1): m.group(0) for m in pattern.finditer(text)}
+
+
+def notes_after(old: str | None, name: str) -> str:
+    """The hand-written text after a section's end marker, kept when the section is measured again."""
+    return old.split(f"<!-- /bench:{name} -->\n", 1)[1] if old else ""
 
 
 def write_results(path: Path, sections: dict[str, str]) -> None:
@@ -149,7 +156,7 @@ def main(argv=None) -> int:
                 sections[name] = old.replace(f"<!-- bench:{name} -->\n",
                                              f"<!-- bench:{name} -->\n> last refresh failed: {note}\n\n", 1)
             continue
-        sections[name] = section(name, body, settings, mode)
+        sections[name] = section(name, body, settings, mode) + notes_after(sections.get(name), name)
         write_results(args.results, sections)  # after each benchmark: a later failure keeps this one
     write_results(args.results, sections)
     print(f"wrote {args.results}", file=sys.stderr)

@@ -73,10 +73,12 @@ def generation_arms(ctx, rows, batch_sizes, variants) -> list[dict]:
 
 def main(quick: bool = False, model: str = "smollm2-135m-instruct", rows: int | None = None,
          max_new_tokens: int = 64, batch_sizes: tuple = (1, 8, 16), steps: int | None = None,
-         variants: tuple = ("base", "adapter")) -> str:
+         variants: tuple = ("base", "adapter"), report_benchmarks: str = "studio_arith",
+         report_rows: int = 50) -> str:
     from pathlib import Path
 
     from backend.evaluate import heldout, task
+    from backend.evaluate.report import EvalOptions, run_report
     from backend.evaluate.context import load_context
     from backend.evaluate.generate import score
     from backend.serve.chat import GenerationSettings
@@ -103,6 +105,8 @@ def main(quick: bool = False, model: str = "smollm2-135m-instruct", rows: int | 
         for variant in ctx.variants:
             score(ctx, variant, [r.messages for r in references], [r.reference for r in references])
         scoring_s = time.perf_counter() - started
+        report = run_report(job_id, EvalOptions(benchmarks=report_benchmarks, max_new_tokens=max_new_tokens,
+                                                max_rows=report_rows))
     generation = markdown_table(
         ["variant", "batch", "seconds", "rows/s", "generated tokens/s", "speed-up vs batch 1",
          "answers equal to batch 1's"],
@@ -121,8 +125,27 @@ def main(quick: bool = False, model: str = "smollm2-135m-instruct", rows: int | 
             f"of {held.held_out}, greedy, max_new_tokens {max_new_tokens})\n\n{machine_line()}\n\n{generation}\n\n"
             f"Target: batch 8 >= 3x faster than one at a time: {target or 'not measured'}.\n\n{section_table}\n\n"
             f"Training the job took {trained:.0f} s (not counted). Its task figures: {figures}.\n")
+    text += "\n" + whole_report(report)
     print(text)
     return text
+
+
+def whole_report(report: dict) -> str:
+    """The whole report with the Evaluate tab's defaults (+ the shipped lm-eval task): time per section and the
+    figures a user reads first."""
+    rows = []
+    for name, section in report["sections"].items():
+        shown = []
+        for metric in section.get("metrics", []):
+            values = metric.get("values", {})
+            if isinstance(values.get("base"), (int, float)) and isinstance(values.get("adapter"), (int, float)):
+                shown.append(f"{metric['name']} {values['base']:.3g} → {values['adapter']:.3g}")
+            elif isinstance(values.get("adapter"), (int, float)):
+                shown.append(f"{metric['name']} {values['adapter']:.3g}")
+        rows.append([name, section.get("seconds", 0.0), "; ".join(shown[:6]) or "; ".join(section.get("notes", []))])
+    table = markdown_table(["section (base → adapter)", "seconds", "figures"], rows)
+    return (f"Whole report (the Evaluate tab's defaults + the shipped lm-eval task `studio_arith`, max_rows "
+            f"{report['options'].get('max_rows')}): {report['seconds']:.0f} s.\n\n{table}\n")
 
 
 if __name__ == "__main__":

@@ -26,3 +26,14 @@ def test_a_missing_module_is_skipped_with_a_note(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(runner.BENCHMARKS, "notyet", ("a benchmark being written", {}, {}))
     assert runner.main(["notyet", "--results", str(tmp_path / "R.md")]) == 0
     assert "skipped" in capsys.readouterr().err
+
+
+def test_hand_written_notes_after_a_section_survive_its_rerun(tmp_path, monkeypatch):
+    results = tmp_path / "RESULTS.md"
+    runner.write_results(results, {"queue": runner.section("queue", "old queue table", {}, "full")
+                                   + "### A note measured by hand\n\nkept.\n\n"})
+    monkeypatch.setattr(runner, "run_one", lambda name, settings: f"new {name} table")
+    assert runner.main(["queue", "--results", str(results)]) == 0
+    text = results.read_text()
+    assert "new queue table" in text and "old queue table" not in text
+    assert text.index("<!-- /bench:queue -->") < text.index("### A note measured by hand\n\nkept.")
