@@ -137,9 +137,12 @@ def test_data_train_jobs_reload_in_the_browser(browser, tiny_model, workspace):
         shot(page, "3-data-broken-row")
 
         # KTO as conversations + a boolean label: read as KTO, token lengths measured, the unread column named
+        # the stage is changed once the upload's own report is shown: a change sent while the upload is still
+        # being checked re-checks the file shown before it (the broken one: "not usable for KTO")
         upload(page, kto_file)
+        page.wait_for_selector(f".ls-report :text('{kto_file.name}')", timeout=60_000)
         set_field(page, "stage", "kto")
-        page.wait_for_selector(".ls-report :text('usable for KTO')", timeout=60_000)
+        page.wait_for_selector(".ls-report :text('✅ usable for KTO')", timeout=60_000)
         page.wait_for_selector(".ls-report :text('Tokens per row')", timeout=60_000)
         report = report_text(page)
         assert "KTO conversations" in report and "need a ready model" not in report, report
@@ -149,7 +152,7 @@ def test_data_train_jobs_reload_in_the_browser(browser, tiny_model, workspace):
         # save the demo upload under a name and use it by that name in the Train form
         set_field(page, "stage", "sft")
         upload(page, demo_file)
-        page.wait_for_selector(".ls-report :text('usable for SFT')", timeout=60_000)
+        page.wait_for_selector(".ls-report :text('✅ usable for SFT')", timeout=60_000)
         page.get_by_label("dataset name (optional)").fill("nova set")
         page.get_by_role("button", name="Save upload as dataset").click()
         page.wait_for_selector("text=Saved as dataset", timeout=60_000)
