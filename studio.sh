@@ -80,6 +80,13 @@ case "$command" in
             shift
             exec "$VENV/bin/python" -m pytest -m "not slow" "$@"
         fi
+        # the whole suite in two pytest-xdist processes (LORASTUDIO_TEST_PROCESSES, 0 = one process): most of
+        # its time is spent in single-threaded trainers, apps and browsers started as processes, so two run side
+        # by side on two cores; the session fixtures are built once and shared (tests/conftest.py once_per_run)
+        processes="${LORASTUDIO_TEST_PROCESSES:-2}"
+        if [ "$processes" != "0" ] && [ "$processes" != "1" ]; then
+            exec "$VENV/bin/python" -m pytest -n "$processes" "$@"
+        fi
         exec "$VENV/bin/python" -m pytest "$@"
         ;;
     *)

@@ -2,6 +2,7 @@
 random models built from a config (hidden size 64, 2 layers) that carry the bundled tokenizer."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,6 +11,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")          # never reach for the network in tests
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two pytest processes on two cores: one compute thread each (and in what they start), or OpenMP threads
+    # oversubscribe the cores and a training test runs many times slower
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
 
 BUNDLED = "smollm2-135m-instruct"
 
@@ -21,10 +27,31 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
+def once_per_run(tmp_path_factory, name: str, build):
+    """`build(folder)` once for the whole run: in one pytest process, or under pytest-xdist by the first worker
+    to get here while the others wait on a file lock and reuse what it recorded (the pattern pytest-xdist's
+    documentation gives for session fixtures). `build` returns something JSON can hold."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(name))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent          # the run's folder, above every worker's own
+    record = shared / f"{name}.json"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not record.exists():
+            folder = shared / name
+            folder.mkdir()
+            record.write_text(json.dumps(build(folder)))
+        return json.loads(record.read_text())
+
+
 @pytest.fixture(scope="session")
 def bundled_model_dir(tmp_path_factory) -> Path:
-    """The bundled SmolLM2, converted from its GGUF once for the whole session."""
-    home = tmp_path_factory.mktemp("bundled-home")
+    """The bundled SmolLM2, converted from its GGUF once for the whole run."""
+    return Path(once_per_run(tmp_path_factory, "bundled-home", _convert_bundled))
+
+
+def _convert_bundled(home: Path) -> str:
     previous = os.environ.get("LORASTUDIO_HOME")
     os.environ["LORASTUDIO_HOME"] = str(home)
     try:
@@ -35,7 +62,7 @@ def bundled_model_dir(tmp_path_factory) -> Path:
             os.environ.pop("LORASTUDIO_HOME", None)
         else:
             os.environ["LORASTUDIO_HOME"] = previous
-    return Path(info.path)
+    return str(info.path)
 
 
 @pytest.fixture(autouse=True)
@@ -74,19 +101,23 @@ def tiny_model(tiny_model_dir, workspace) -> str:
 
 @pytest.fixture(scope="session")
 def quickstart_home(tmp_path_factory, bundled_model_dir):
-    """A workspace where `lorastudio train quickstart --inline` ran once for the whole session (about a
-    minute): (home, job_id, the CLI's CompletedProcess). Tests that use it point LORASTUDIO_HOME there."""
+    """A workspace where `lorastudio train quickstart --inline` ran once for the whole run (about a minute;
+    under pytest-xdist the workers share it): (home, job_id, the CLI's CompletedProcess). Tests that use it
+    point LORASTUDIO_HOME there and only add to it (exports of their own kind, reports)."""
     import subprocess
     import sys
 
-    home = tmp_path_factory.mktemp("quickstart-home")
-    (home / "models").mkdir()
-    (home / "models" / BUNDLED).symlink_to(bundled_model_dir, target_is_directory=True)
-    env = dict(os.environ, LORASTUDIO_HOME=str(home))
-    result = subprocess.run([sys.executable, "-m", "cli", "train", "quickstart", "--inline"], capture_output=True,
-                            text=True, timeout=900, env=env)
-    job_id = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
-    return home, job_id, result
+    def train(home: Path):
+        (home / "models").mkdir()
+        (home / "models" / BUNDLED).symlink_to(bundled_model_dir, target_is_directory=True)
+        env = dict(os.environ, LORASTUDIO_HOME=str(home))
+        result = subprocess.run([sys.executable, "-m", "cli", "train", "quickstart", "--inline"],
+                                capture_output=True, text=True, timeout=900, env=env)
+        return [str(home), result.args, result.returncode, result.stdout, result.stderr]
+
+    home, args, returncode, stdout, stderr = once_per_run(tmp_path_factory, "quickstart-home", train)
+    job_id = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    return Path(home), job_id, subprocess.CompletedProcess(args, returncode, stdout, stderr)
 
 
 @pytest.fixture

@@ -246,7 +246,10 @@ def test_playground_and_export_after_the_quickstart(browser, quickstart_home, wo
             target.mkdir(parents=True, exist_ok=True)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(item, target)
+            try:
+                shutil.copy2(item, target)
+            except FileNotFoundError:    # a temporary file another test process (pytest-xdist) just renamed
+                pass
 
     process, url = start_app(workspace, "--no-workers")
     try:
