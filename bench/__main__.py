@@ -41,11 +41,13 @@ BENCHMARKS = {
     "estimator": ("memory estimate vs measured peak", {}, {"lengths": (256,)}),
     "methods": ("LoRA / QLoRA / DoRA / PiSSA tokens/s and memory vs LoRA", {}, {"steps": 3, "rounds": 1}),
     "playground": ("playground and export", {}, {"quick": True}),
-    "gguf": ("GGUF export size, time and peak memory", {"argv": []}, {"argv": ["--rounds", "1"]}),
+    "gguf": ("GGUF export size, time and peak memory", {"argv": ["--verify"]}, {"argv": ["--rounds", "1"]}),
     "evaluate": ("quality report: batched vs one-at-a-time generation, the task section", {}, {"quick": True}),
     "reliability": ("kills, restarts, several workers, a full disk, a killed export: what held", {},
                     {"only": ("group", "trainer", "save-weights", "save-marker-group", "app", "preempt", "sqlite-3",
                               "redis-2", "frozen", "hung", "export-zip", "group-pid1", "disk-full")}),
+    "suite": ("the test suite's own time from a fresh clone: whole (CI's command) and fast tier", {},
+              {"fast_only": True}),
 }
 TINY = {  # the smallest settings, with the model replaced by --tiny MODEL_DIR
     "overhead": {"steps": 2, "rounds": 1, "batch": 2}, "queue": {"rounds": 1, "steps": 2},
@@ -104,7 +106,8 @@ def read_sections(text: str) -> dict[str, str]:
 
 def notes_after(old: str | None, name: str) -> str:
     """The hand-written text after a section's end marker, kept when the section is measured again."""
-    return old.split(f"<!-- /bench:{name} -->\n", 1)[1] if old else ""
+    notes = old.split(f"<!-- /bench:{name} -->\n", 1)[1] if old else ""
+    return notes.rstrip("\n") + "\n" if notes.strip() else ""     # the blank line between sections is not a note
 
 
 def write_results(path: Path, sections: dict[str, str]) -> None:

@@ -76,6 +76,9 @@ def test_gguf_f16_of_the_quickstart_job_answers_like_the_merged_model(quickstart
     assert check["ok"] and check["answers_match"] == [True, True, True], check
     assert check["max_logit_diff"] <= check["tolerance"] == 0.25
     assert out.stat().st_size > 200 * 2 ** 20
+    from gguf import GGUFReader                       # SmolLM2's layout: 272 tensors, tied embeddings
+    names = [tensor.name for tensor in GGUFReader(out).tensors]
+    assert len(names) == 272 and "output.weight" not in names, len(names)
 
     # and independently: transformers' own GGUF loader, nothing from LoRA Studio
     from transformers import AutoModelForCausalLM, AutoTokenizer

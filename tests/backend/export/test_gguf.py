@@ -1,5 +1,9 @@
 """GGUF export: files written with the `gguf` package load back through transformers' GGUF loader and answer
-like the folder they came from; unsupported models and interrupted exports never leave a file to offer."""
+like the folder they came from; unsupported models and interrupted exports never leave a file to offer.
+
+The bundled SmolLM2's own round trip (F16 and Q8_0, greedy answers and logits) runs in `python -m bench gguf`
+(verified there); in the suite the CLI's F16 export of the quickstart job checks the same architecture end to end
+(tests/cli/test_chat_export.py), and the tiny Llama's exact round trips below check the layout."""
 from __future__ import annotations
 
 import json
@@ -148,13 +152,3 @@ def test_interrupted_export_leaves_no_file(tiny_model_dir, tmp_path):
     partial_path(out).write_bytes(b"torn")
     facts = write_gguf(tiny_model_dir, out, "f16")
     assert out.exists() and not partial_path(out).exists() and facts["tensors"] == 20
-
-
-@pytest.mark.e2e
-def test_bundled_model_f16_round_trip(bundled_model_dir, tmp_path):
-    facts, check = round_trip(bundled_model_dir, tmp_path, "f16")
-
-    assert facts["tensors"] == 272 and facts["tied_embeddings"]
-    assert check["ok"], check["reason"]
-    assert check["tokens_match"] and check["answers_match"] == [True, True, True]
-    assert check["max_logit_diff"] <= F16_TOLERANCE   # measured 0.039 with these prompts
