@@ -25,15 +25,18 @@ def round_trip(model_dir: Path, out_dir: Path, qtype: str, prompts=PROMPTS) -> t
     return facts, verify_gguf(Path(facts["path"]), model_dir, prompts)
 
 
-def f16_exact_variant(tiny_model_dir: Path, folder: Path, tied: bool) -> Path:
+def f16_exact_variant(tiny_model_dir: Path, folder: Path, tied: bool | None = None, **config_changes) -> Path:
     """The tiny llama with weights rounded to float16 (so an F16 export is lossless and any layout fault shows
-    as a logit difference), tied or untied, with larger random weights so greedy answers are not all one token."""
+    as a logit difference), tied or untied (None: as the tiny model is), with larger random weights
+    (initializer_range 0.2) so greedy answers are not all one token; `config_changes` override the config."""
     import torch
     from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
 
     config = AutoConfig.from_pretrained(tiny_model_dir)
-    config.tie_word_embeddings = tied
-    config.initializer_range = 0.2
+    if tied is not None:
+        config.tie_word_embeddings = tied
+    for name, value in {"initializer_range": 0.2, **config_changes}.items():
+        setattr(config, name, value)
     torch.manual_seed(1)
     model = LlamaForCausalLM(config)
     with torch.no_grad():

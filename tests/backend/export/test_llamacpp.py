@@ -15,6 +15,7 @@ import pytest
 
 from backend.export import llamacpp
 from backend.export.gguf import _chat_ids, _greedy, _greedy_config, partial_path, write_gguf
+from tests.backend.export.test_gguf import f16_exact_variant
 
 needs_llamacpp = pytest.mark.skipif(not llamacpp.available(), reason=str(llamacpp.LlamaCppMissing()))
 
@@ -38,19 +39,8 @@ TIE_MARGINS = {"q6_k": 0.25, "q4_k_m": 0.5}
 @pytest.fixture(scope="module")
 def model_and_f16(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
     """(the widened float16-exact tiny Llama's folder, its F16 GGUF written by backend.export.gguf)."""
-    import torch
-    from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("llamacpp-model")
-    config = AutoConfig.from_pretrained(tiny_model_dir)
-    config.hidden_size, config.intermediate_size, config.initializer_range = 256, 512, 0.05
-    torch.manual_seed(1)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.copy_(parameter.half().float())
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    folder = f16_exact_variant(tiny_model_dir, tmp_path_factory.mktemp("llamacpp-model"), hidden_size=256,
+                               intermediate_size=512, initializer_range=0.05)
     facts = write_gguf(folder, tmp_path_factory.mktemp("llamacpp-gguf") / "model-f16.gguf", "f16")
     return folder, Path(facts["path"])
 
