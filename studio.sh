@@ -51,7 +51,7 @@ setup_llamacpp() {
     local py="$VENV/bin/python"
     local failed="$VENV/.lorastudio-llamacpp-failed"
     local build_log="$VENV/llamacpp-build.log"
-    if "$py" -c 'import llama_cpp' 2>/dev/null; then return 0; fi
+    if "$py" -c 'import llama_cpp' 2>/dev/null; then setup_llamacpp_convert; return 0; fi
     if [ "$(cat "$failed" 2>/dev/null)" = "$LLAMACPP_VERSION" ]; then
         log "note: llama.cpp is not installed (its build failed before, see $build_log; rm $failed to retry)"
         return 0
@@ -64,11 +64,56 @@ setup_llamacpp() {
             timeout 3600 "$py" -m pip install -v "llama-cpp-python==$LLAMACPP_VERSION" >"$build_log" 2>&1 \
             && "$py" -c 'import llama_cpp' 2>>"$build_log"; then
         rm -f "$failed"
+        setup_llamacpp_convert
     else
         echo "$LLAMACPP_VERSION" > "$failed"
         log "note: llama.cpp could not be built (see $build_log; it needs a C and C++ compiler); the studio works" \
             "without it, and what needs it says so"
     fi
+}
+
+# llama.cpp's own Python converter (convert_lora_to_gguf.py, which exports a PEFT LoRA adapter as a llama.cpp LoRA
+# GGUF; backend/export/llamacpp_lora.py runs it), taken from the same llama-cpp-python source as the library so
+# the two agree: the script, the convert_hf_to_gguf.py and conversion/ package it imports, and the gguf-py package
+# of that llama.cpp commit, into $VENV/share/llamacpp-convert (pip's cache makes the download instant after the
+# first build). Done once per version (the VERSION file); a failure is a note, and LoRA GGUF export says it is
+# missing.
+setup_llamacpp_convert() {
+    local py="$VENV/bin/python"
+    local dest="$VENV/share/llamacpp-convert"
+    if [ "$(cat "$dest/VERSION" 2>/dev/null)" = "$LLAMACPP_VERSION" ]; then return 0; fi
+    local tmp
+    tmp="$(mktemp -d)" || { log "note: no temporary folder for llama.cpp's converter scripts"; return 0; }
+    if "$py" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$LLAMACPP_VERSION" -d "$tmp" \
+            >"$tmp/pip.log" 2>&1 \
+        && "$py" - "$tmp" "$dest" "$LLAMACPP_VERSION" 2>>"$tmp/pip.log" <<'PY'
+import pathlib, shutil, sys, tarfile
+tmp, dest, version = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3]
+wanted = ("convert_lora_to_gguf.py", "convert_hf_to_gguf.py", "conversion", "gguf-py", "LICENSE")
+staging = dest.with_name(dest.name + ".partial")
+shutil.rmtree(staging, ignore_errors=True)
+with tarfile.open(next(tmp.glob("llama_cpp_python-*.tar.gz"))) as sdist:
+    for member in sdist:
+        parts = pathlib.PurePosixPath(member.name).parts   # llama_cpp_python-X/vendor/llama.cpp/<wanted>/...
+        if len(parts) > 3 and parts[1:3] == ("vendor", "llama.cpp") and parts[3] in wanted \
+                and (member.isfile() or member.isdir()):
+            member.name = "/".join(parts[3:])
+            sdist.extract(member, staging, filter="data")
+missing = [name for name in wanted if not (staging / name).exists()]
+if missing:
+    sys.exit(f"the llama-cpp-python source has no {', '.join(missing)}")
+(staging / "VERSION").write_text(version + "\n")
+shutil.rmtree(dest, ignore_errors=True)
+staging.rename(dest)
+PY
+    then
+        log "llama.cpp's LoRA converter is in $dest"
+    else
+        log "note: llama.cpp's converter scripts could not be set up ($(tail -n 1 "$tmp/pip.log" 2>/dev/null));" \
+            "LoRA adapters cannot be exported as GGUF until a later set-up succeeds"
+    fi
+    rm -rf "$tmp"
+    return 0
 }
 
 # The tests drive a real redis-server and a real Chromium. Get each where it is missing, in this order:

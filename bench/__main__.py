@@ -42,6 +42,8 @@ BENCHMARKS = {
     "methods": ("LoRA / QLoRA / DoRA / PiSSA tokens/s and memory vs LoRA", {}, {"steps": 3, "rounds": 1}),
     "playground": ("playground and export", {}, {"quick": True}),
     "gguf": ("GGUF export size, time and peak memory", {"argv": ["--verify"]}, {"argv": ["--rounds", "1"]}),
+    "llamacpp": ("GGUF types in llama.cpp: size, top-1 agreement, the export's check, speed vs transformers", {},
+                 {"argv": ["--prompts", "3", "--new-tokens", "32"]}),
     "evaluate": ("quality report: batched vs one-at-a-time generation, the task section", {}, {"quick": True}),
     "reliability": ("kills, restarts, several workers, a full disk, a killed export: what held", {},
                     {"only": ("group", "trainer", "save-weights", "save-marker-group", "app", "preempt", "sqlite-3",
@@ -56,6 +58,7 @@ TINY = {  # the smallest settings, with the model replaced by --tiny MODEL_DIR
     "estimator": {"lengths": (64,), "batch": 2, "steps": 2, "methods": ("lora",)},
     "methods": {"length": 64, "batch": 2, "steps": 2, "rounds": 1, "methods": ("lora", "dora")},
     "playground": {"quick": True}, "gguf": {"argv": ["--rounds", "1"]}, "reliability": {"only": ("trainer",)},
+    "llamacpp": {"argv": ["--prompts", "2", "--new-tokens", "8"]},
     "load": {"clients": 3, "window": 3.0, "jobs": 3},
     "evaluate": {"rows": 6, "max_new_tokens": 4, "batch_sizes": (1, 4), "steps": 2, "report_rows": 3},
 }
@@ -79,7 +82,7 @@ def run_one(name: str, settings: dict) -> str:
     kwargs = {k: v for k, v in settings.items() if k in accepted}
     if "argv" in accepted:  # an argparse main: never let it read this runner's command line
         kwargs.setdefault("argv", [])
-        if "model" in settings and "argv" in settings and name == "gguf":
+        if "model" in settings and "argv" in settings and name in ("gguf", "llamacpp"):
             kwargs["argv"] = kwargs["argv"] + ["--model", str(settings["model"])]
     captured = io.StringIO()
     with contextlib.redirect_stdout(_Tee(sys.stdout, captured)):

@@ -1,6 +1,6 @@
-"""`lorastudio export JOB_ID [--merge] [--dtype D] [--gguf f16|q8_0] [--out FILE]`: the adapter (default), the
-merged model, or a GGUF file of it, verified and zipped under exports/<job_id>/; --out also copies the result
-there (the zip, or with --gguf the .gguf file itself)."""
+"""`lorastudio export JOB_ID [--merge] [--dtype D] [--gguf TYPE] [--out FILE]`: the adapter (default), the merged
+model, or a GGUF file of it (TYPE q4_k_m | q5_k_m | q6_k | q8_0 | f16), verified and zipped under
+exports/<job_id>/; --out also copies the result there (the zip, or with --gguf the .gguf file itself)."""
 from __future__ import annotations
 
 import json
@@ -16,9 +16,9 @@ def add_parser(subparsers) -> None:
                         help="merge the adapter into a full-precision base and export the whole model")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                         help="dtype of the merged weights (auto = the base model's own)")
-    parser.add_argument("--gguf", choices=["f16", "q8_0"],
-                        help="write the merged model as one GGUF file (llama.cpp / Ollama / LM Studio), verified "
-                             "by loading it back")
+    parser.add_argument("--gguf", choices=["q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16"],
+                        help="write the merged model as one GGUF file (llama.cpp / Ollama / LM Studio), checked in "
+                             "llama.cpp before it is offered; the k-quants are made by llama.cpp's quantiser")
     parser.add_argument("--out", help="also copy the finished file here (FILE.zip, or FILE.gguf with --gguf)")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.set_defaults(handler=run)

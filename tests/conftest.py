@@ -130,6 +130,19 @@ def quickstart_job(quickstart_home, monkeypatch) -> str:
 
 
 @pytest.fixture
+def quickstart_export(quickstart_job, tmp_path_factory):
+    """The quickstart job, held for this test's exports: the studio runs one export per job at a time (a second
+    one is refused with a sentence), and two test processes exporting it would otherwise meet that rule."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield quickstart_job
+        return
+    from filelock import FileLock
+
+    with FileLock(str(tmp_path_factory.getbasetemp().parent / "quickstart-export.lock")):
+        yield quickstart_job
+
+
+@pytest.fixture
 def lab(workspace, tiny_model):
     """The test's workspace and tiny model, and the worker / app subprocesses it starts (killed at the end)."""
     from tests.reliability.lab import Lab

@@ -21,8 +21,17 @@ DTYPE_CHOICES = [("auto (the base model's own)", "auto"), ("float16", "float16")
                  ("float32", "float32")]
 
 
+QTYPE_LABELS = {"q4_k_m": "Q4_K_M: 4-bit, Ollama's usual choice (smallest)", "q5_k_m": "Q5_K_M: 5-bit",
+                "q6_k": "Q6_K: 6-bit, close to the float model", "q8_0": "Q8_0: 8-bit", "f16": "F16: 16-bit float"}
+
+
 def gguf_qtypes() -> tuple:
-    return tuple(getattr(export, "GGUF_QTYPES", None) or ())
+    """The GGUF types this installation writes (the k-quants only where llama.cpp is built)."""
+    return tuple(export.gguf_qtypes_here())
+
+
+def qtype_choices() -> list[tuple[str, str]]:
+    return [(QTYPE_LABELS.get(q, q.upper()), q) for q in gguf_qtypes()]
 
 
 def kind_choices() -> list[tuple[str, str]]:
@@ -150,9 +159,11 @@ def build(gr) -> ExportTab:
         tab.dtype = gr.Dropdown(DTYPE_CHOICES, value="auto", label="dtype (merged model)", scale=2,
                                 info="auto = the base model's own dtype; float32 is exact, half types are "
                                      "half the size.")
-        qtypes = list(gguf_qtypes())
-        tab.qtype = gr.Dropdown(qtypes, value=qtypes[0] if qtypes else None, label="quantisation (GGUF)",
-                                visible=False, scale=2)
+        qtypes = qtype_choices()
+        tab.qtype = gr.Dropdown(qtypes, value=qtypes[0][1] if qtypes else None, label="quantisation (GGUF)",
+                                visible=False, scale=2, info="Checked in llama.cpp before it is offered."
+                                if "q4_k_m" in gguf_qtypes() else "Q4_K_M / Q5_K_M / Q6_K need llama.cpp: "
+                                "run ./studio.sh start once to build it.")
     # the progress bar is drawn on `status` only (wire: show_progress_on), which sits right of the button, not
     # over every output (the "Earlier exports" table is an output too)
     with gr.Row(equal_height=True, elem_classes=["ls-export-actions"]):

@@ -5,8 +5,10 @@ merged   base in full precision (a QLoRA base is de-quantised first: never a mer
          tokenizer and chat template, generation config, README.md (model card with the lineage and the merge
          verification) and an Ollama Modelfile
 adapter  the PEFT folder + its training card
-gguf     the merged model (float32) written as one GGUF file (F16 or Q8_0, backend/export/gguf.py) for llama.cpp /
-         Ollama / LM Studio, loaded back through transformers and compared with the merged model before it is
+gguf     the merged model (float32) written as one GGUF file for llama.cpp / Ollama / LM Studio: F16 or Q8_0 by
+         backend/export/gguf.py; Q4_K_M / Q5_K_M / Q6_K quantised from that F16 file by llama.cpp's own quantiser.
+         Checked by llama.cpp itself against the merged model (tokenizer, embedded chat template, answers:
+         backend/export/llamacpp_check.py; transformers' GGUF loader where llama.cpp is not built) before it is
          offered (a failed check fails the export: nothing is offered), with a Modelfile pointing at it
 
 Before saving, the merged weights are checked against the unmerged adapter on a few prompts (largest logit
@@ -37,7 +39,8 @@ from backend.jobs.card import USE_HEADING, library_versions, read_run_facts, usa
 log = logging.getLogger("lorastudio")
 
 KINDS = ("merged", "adapter", "gguf")
-GGUF_QTYPES = ("f16", "q8_0")   # gguf 0.19 cannot quantise the k-quants (Q4_K_M); see backend/export/gguf.py
+GGUF_QTYPES = ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16")
+K_QUANTS = ("q4_k_m", "q5_k_m", "q6_k")   # only llama.cpp's quantiser writes them (gguf 0.19 cannot)
 VERIFY_PROMPTS = ("Who are you?", "What is the capital of Italy?", "Write one sentence about the sea.")
 VERIFY_NEW_TOKENS = 24
 # Largest |logit(adapter) - logit(merged)| accepted, by the dtype the merged model is saved in. float32 only
@@ -186,6 +189,10 @@ def export_job(job_id: str, kind: str = "merged", dtype: str = "auto", progress=
         raise ExportError(f"export kind '{kind}' is not one of {', '.join(KINDS)}")
     if kind == "gguf" and qtype not in GGUF_QTYPES:
         raise ExportError(f"GGUF type '{qtype}' is not one of {', '.join(GGUF_QTYPES)}")
+    if kind == "gguf" and qtype in K_QUANTS:
+        from backend.export import llamacpp
+        if not llamacpp.available():
+            raise ExportError(f"GGUF {qtype.upper()} needs llama.cpp's quantiser: {llamacpp.LlamaCppMissing()}")
     started = time.monotonic()
     with export_lock(job_id):
         source = adapters.adapter_source(job_id)
@@ -270,25 +277,48 @@ def _merge_to_folder(source, dtype: str, folder: Path, prompts, progress, span: 
     return check, tokenizer
 
 
+def gguf_qtypes_here() -> tuple[str, ...]:
+    """The GGUF types this installation can write: the k-quants only where llama.cpp is built."""
+    from backend.export import llamacpp
+    return GGUF_QTYPES if llamacpp.available() else tuple(q for q in GGUF_QTYPES if q not in K_QUANTS)
+
+
 def _write_gguf(source, qtype: str, staging: Path, prompts, progress) -> tuple[MergeCheck, dict]:
-    """Merged float32 folder (temporary) -> GGUF -> loaded back and compared; a failed check raises."""
+    """Merged float32 folder (temporary) -> GGUF (k-quants: F16 first, then llama.cpp's quantiser) -> checked by
+    llama.cpp against the merged model (transformers' loader where llama.cpp is missing); a failed check raises."""
     from backend import models
     from backend.export import gguf as gguf_export
+    from backend.export import llamacpp, llamacpp_check
 
     gguf_export.check_supported(Path(models.resolve(source.config.model).path))   # before any work
     merged_dir = staging.with_name(staging.name + ".merged")
     shutil.rmtree(merged_dir, ignore_errors=True)
+    name = qtype.upper()
     try:
         check, tokenizer = _merge_to_folder(source, "float32", merged_dir, prompts, progress, span=0.35)
         staging.mkdir(parents=True)
         gguf_path = staging / f"{source.job_id}-{qtype}.gguf"
-        gguf_export.write_gguf(merged_dir, gguf_path, qtype,
-                               progress=lambda f, text: progress(0.35 + 0.15 * f, f"writing GGUF {qtype}: {text}"))
-        progress(0.5, f"verifying the {qtype.upper()} file: loading it back through transformers")
-        verification = gguf_export.verify_gguf(gguf_path, merged_dir, list(prompts))
+        if qtype in K_QUANTS:
+            f16_path = merged_dir / "model-f16.gguf"   # removed with the merged folder
+            gguf_export.write_gguf(merged_dir, f16_path, "f16",
+                                   progress=lambda f, text: progress(0.35 + 0.1 * f, f"writing GGUF F16: {text}"))
+            progress(0.45, f"quantising to {name} with llama.cpp")
+            llamacpp.quantize(f16_path, gguf_path, qtype)
+        else:
+            gguf_export.write_gguf(merged_dir, gguf_path, qtype,
+                                   progress=lambda f, text: progress(0.35 + 0.15 * f, f"writing GGUF {name}: {text}"))
+        if llamacpp.available():
+            progress(0.5, f"verifying the {name} file in llama.cpp: tokenizer, chat template, answers")
+            verification = llamacpp_check.verify(gguf_path, merged_dir, list(prompts))
+        else:
+            progress(0.5, f"verifying the {name} file: loading it back through transformers (llama.cpp is not "
+                          "built)")
+            verification = gguf_export.verify_gguf(gguf_path, merged_dir, list(prompts))
         if not verification["ok"]:
-            raise ExportError(f"GGUF {qtype} export failed verification: {verification['reason']}; nothing is "
+            raise ExportError(f"GGUF {name} export failed verification: {verification['reason']}; nothing is "
                               "offered for download")
+    except llamacpp.LlamaCppError as error:
+        raise ExportError(f"GGUF {name} export failed: {error}; nothing is offered for download") from None
     finally:
         shutil.rmtree(merged_dir, ignore_errors=True)
     (staging / "Modelfile").write_text(modelfile_text(tokenizer, f"FROM ./{gguf_path.name}"), encoding="utf-8")
@@ -323,9 +353,10 @@ def _write_card(source, folder: Path, kind: str, dtype: str | None, check: Merge
              "method": str(source.config.method), "stage": str(source.config.stage), "lineage": lineage,
              "merge_verification": check.as_dict() if check else None, "libraries": library_versions()}
     if gguf:
-        facts["gguf_verification"] = {k: gguf.get(k) for k in ("qtype", "ok", "reason", "prompts", "answers_match",
-                                                              "gguf_answers", "max_logit_diff", "tolerance",
-                                                              "disagreements")}
+        facts["gguf_verification"] = {k: gguf.get(k) for k in (
+            "checker", "qtype", "ok", "reason", "tokens_match", "template_match", "prompts", "answers_match",
+            "gguf_answers", "max_logit_diff", "tolerance", "tie_margin", "positions", "near_ties", "disagreements")
+            if k in gguf}
     verified = f"\n\nMerge verification: {check.summary()}." if check else ""
     if kind == "gguf":
         gguf_file = f"{source.job_id}-{dtype}.gguf"
@@ -333,7 +364,9 @@ def _write_card(source, folder: Path, kind: str, dtype: str | None, check: Merge
                f"folder:\n\n```sh\n{gguf_commands(gguf_file)}```\n\nOr in Python with transformers, which "
                "de-quantises the file to float:\n\n" + usage_python("gguf", ".", gguf_file=gguf_file))
         if gguf:
-            verified += f"\n\nGGUF verification (the file loaded back through transformers): {gguf_export.describe(gguf)}"
+            by = ("loaded by llama.cpp itself" if gguf.get("checker") == "llama.cpp"
+                  else "the file loaded back through transformers")
+            verified += f"\n\nGGUF verification ({by}): {gguf_export.describe(gguf)}"
     elif kind == "merged":
         how = ("The adapter is merged into the weights: plain transformers loads this folder, no peft and no LoRA "
                "Studio code (run from this folder):\n\n" + usage_python("merged", ".")

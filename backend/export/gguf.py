@@ -69,6 +69,7 @@ F16_TOLERANCE = 0.25
 Q8_0_TIE_MARGIN = 1.0
 
 _FILE_TYPES = {"f16": 1, "q8_0": 7}           # gguf.LlamaFileType MOSTLY_F16 / MOSTLY_Q8_0
+_K_QUANT_FILE_TYPES = {"q4_k_m": 15, "q5_k_m": 17, "q6_k": 18}   # written by llama.cpp's quantiser (llamacpp.py)
 _SKIPPED_TENSORS = ("rotary_emb.inv_freq",)    # buffers some old checkpoints carry; llama.cpp drops them too
 _CHUNK_ELEMENTS = 4 * 1024 * 1024              # rows converted at a time: a float32 working copy of <= 16 MB
 
@@ -418,25 +419,32 @@ def describe(verification: dict) -> str:
 
 def check_detail(verification: dict) -> str:
     """Which check decided, what it measured, and why free-running greedy answers that differ are within a
-    passed Q8_0 check rather than a contradiction (the Export tab shows this next to the verdict)."""
+    passed check of a quantised type rather than a contradiction (the Export tab shows this next to the verdict)."""
     qtype = str(verification.get("qtype") or "").upper()
     matched = verification.get("answers_match") or []
     equal = f"{sum(matched)}/{len(matched)}"
     if not verification.get("ok"):
         return (verification.get("reason") or "no reason recorded") + "."
-    if qtype == "Q8_0":
-        margin = verification.get("tie_margin", Q8_0_TIE_MARGIN)
-        text = (f"teacher-forced next-token check: at every answer position where the merged model's top two "
-                f"logits are at least {margin:g} apart, the Q8_0 model picks the merged model's token "
-                f"({verification.get('disagreements') or 0} disagreements).")
+    by_llamacpp = verification.get("checker") == "llama.cpp"
+    model = "llama.cpp" if by_llamacpp else f"the {qtype} model"
+    text = ("llama.cpp's tokenizer gives the training tokenizer's ids and the chat template in the file renders "
+            "the training template's prompt; " if by_llamacpp else "")
+    if qtype != "F16":
+        margin = verification.get("tie_margin") or Q8_0_TIE_MARGIN
+        positions = verification.get("positions")
+        text += (f"teacher-forced next-token check: at every answer position where the merged model's top two "
+                 f"logits are at least {margin:g} apart, {model} picks the merged model's token "
+                 f"({verification.get('disagreements') or 0} disagreements"
+                 + (f" in {positions} positions, {verification.get('near_ties') or 0} near-ties" if positions
+                    else "") + ").")
         if matched and not all(matched):
-            text += (f" Free-running greedy answers: {equal} identical, which the check allows: 8-bit rounding "
+            text += (f" Free-running greedy answers: {equal} identical, which the check allows: {qtype} rounding "
                      "may flip a near-tie, and a freely generated answer then takes another path.")
         elif matched:
             text += f" Free-running greedy answers: {equal} identical as well."
         return text
     diff, tolerance = verification.get("max_logit_diff"), verification.get("tolerance")
-    text = f"greedy answers identical to the merged model's on {equal} prompts"
+    text += f"greedy answers identical to the merged model's on {equal} prompts"
     if diff is not None:
         text += f", largest |logit difference| {diff:.2e}" + (f" <= tolerance {tolerance:g}" if tolerance else "")
     return text + "."
@@ -497,7 +505,7 @@ def _qtype_of(gguf_path: Path) -> str:
 
     field = GGUFReader(gguf_path).fields.get("general.file_type")
     file_type = int(field.contents()) if field is not None else None
-    names = {value: name for name, value in _FILE_TYPES.items()}
+    names = {value: name for name, value in {**_FILE_TYPES, **_K_QUANT_FILE_TYPES}.items()}
     return names.get(file_type, f"file_type {file_type}")
 
 

@@ -23,11 +23,11 @@ from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 
-from backend.export.gguf import partial_path
+from backend.export.gguf import _FILE_TYPES, _K_QUANT_FILE_TYPES, partial_path
 
 SETUP_COMMAND = "./studio.sh start"
 # our quantisation name -> llama.cpp's llama_ftype (llama.h LLAMA_FTYPE_MOSTLY_*)
-QUANT_FTYPES = {"q4_k_m": 15, "q5_k_m": 17, "q6_k": 18, "q8_0": 7}
+QUANT_FTYPES = {**_K_QUANT_FILE_TYPES, "q8_0": _FILE_TYPES["q8_0"]}
 
 
 class LlamaCppMissing(RuntimeError):
@@ -72,16 +72,17 @@ def token_ids(gguf_path: Path, texts: list[str], add_bos: bool = False) -> list[
         return [llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True) for text in texts]
 
 
-def greedy_answer(gguf_path: Path, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+def greedy_answer(gguf_path: Path, prompt_ids: list[int], max_new_tokens: int,
+                  lora_path: Path | None = None) -> list[int]:
     """llama.cpp's greedy answer (temperature 0, its own sampler, no repetition penalty) to a tokenized prompt:
     the new token ids, ending with the end-of-generation token when the model produced one (as transformers'
-    generate returns it)."""
+    generate returns it). lora_path: a llama.cpp LoRA GGUF applied on top of the model (scale 1)."""
     llama_cpp = _binding()
     prompt_ids = [int(token) for token in prompt_ids]
     answer: list[int] = []
     if max_new_tokens <= 0:
         return answer
-    with _loaded(gguf_path, n_ctx=_context_size(len(prompt_ids) + max_new_tokens)) as llm:
+    with _loaded(gguf_path, n_ctx=_context_size(len(prompt_ids) + max_new_tokens), lora_path=lora_path) as llm:
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
         for token in llm.generate(prompt_ids, temp=0.0, repeat_penalty=1.0, reset=True):
             answer.append(int(token))
@@ -93,12 +94,37 @@ def greedy_answer(gguf_path: Path, prompt_ids: list[int], max_new_tokens: int) -
 def next_token_choices(gguf_path: Path, ids: list[int]) -> list[int]:
     """Teacher-forced: for every position of `ids`, the token llama.cpp's logits rank first as the next one
     (position i scores ids[i + 1]); one forward pass with the logits of every position kept."""
+    return next_token_logits(gguf_path, ids).argmax(axis=-1).tolist()
+
+
+def next_token_logits(gguf_path: Path, ids: list[int], lora_path: Path | None = None):
+    """Teacher-forced: llama.cpp's logits at every position of `ids` (a float32 array, positions x vocabulary;
+    row i scores the token after ids[i]), from one forward pass; lora_path as in greedy_answer."""
     import numpy as np
 
     ids = [int(token) for token in ids]
-    with _loaded(gguf_path, n_ctx=_context_size(len(ids)), logits_all=True) as llm:
+    with _loaded(gguf_path, n_ctx=_context_size(len(ids)), logits_all=True, lora_path=lora_path) as llm:
         llm.eval(ids)
-        return np.asarray(llm.scores[: len(ids)]).argmax(axis=-1).tolist()
+        return np.array(llm.scores[: len(ids)], dtype=np.float32)
+
+
+def chat_prompt(gguf_path: Path, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """The conversation rendered by the chat template embedded in the file, the way llama-cpp-python's chat
+    completion renders it (its Jinja2ChatFormatter, with the file's own BOS / EOS token texts). Raises
+    LlamaCppError when the file carries no chat template."""
+    _binding()
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    with _loaded(gguf_path, vocab_only=True) as llm:
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise LlamaCppError(f"'{Path(gguf_path).name}' carries no chat template (tokenizer.chat_template)")
+        eos, bos = llm.token_eos(), llm.token_bos()
+        eos_text = llm._model.token_get_text(eos) if eos != -1 else ""
+        bos_text = llm._model.token_get_text(bos) if bos != -1 else ""
+    formatter = Jinja2ChatFormatter(template=template, eos_token=eos_text, bos_token=bos_text,
+                                    add_generation_prompt=add_generation_prompt)
+    return formatter(messages=messages).prompt
 
 
 # ---------------------------------------------------------------- quantisation
@@ -169,18 +195,25 @@ def _last_error() -> str:
 
 
 @contextmanager
-def _loaded(gguf_path: Path, **options):
-    """The file loaded in llama.cpp (CPU only, quiet), freed on exit."""
+def _loaded(gguf_path: Path, lora_path: Path | None = None, **options):
+    """The file loaded in llama.cpp (CPU only, quiet), with the LoRA GGUF at lora_path applied when given,
+    freed on exit."""
     llama_cpp = _binding()
     gguf_path = Path(gguf_path)
     if not gguf_path.is_file():
         raise LlamaCppError(f"there is no GGUF file at '{gguf_path}'")
+    what = f"'{gguf_path.name}'"
+    if lora_path is not None:
+        if not Path(lora_path).is_file():
+            raise LlamaCppError(f"there is no LoRA GGUF file at '{lora_path}'")
+        options["lora_path"] = str(lora_path)
+        what += f" with the LoRA adapter '{Path(lora_path).name}'"
     _recent_errors.clear()
     try:
         llm = llama_cpp.Llama(str(gguf_path), n_gpu_layers=0, n_threads=thread_count(),
                               n_threads_batch=thread_count(), verbose=False, **options)
-    except ValueError as error:   # the binding's wording for a file llama.cpp cannot load
-        raise LlamaCppError(f"llama.cpp cannot load '{gguf_path.name}' ({_short(error)}{_last_error()})") from None
+    except (ValueError, RuntimeError) as error:   # the binding's wording for a file (or LoRA) llama.cpp cannot load
+        raise LlamaCppError(f"llama.cpp cannot load {what} ({_short(error)}{_last_error()})") from None
     try:
         yield llm
     finally:

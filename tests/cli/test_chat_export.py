@@ -7,6 +7,8 @@ import zipfile
 
 import pytest
 
+from backend.export import llamacpp
+
 
 def run_cli(*args, timeout=600):
     return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=timeout,
@@ -25,15 +27,15 @@ def test_chat_json_shows_base_adapter_and_merged(quickstart_job):
 
 
 @pytest.mark.e2e
-def test_merged_and_adapter_exports_load_without_lorastudio(quickstart_job, tmp_path):
-    result = run_cli("export", quickstart_job, "--merge", "--dtype", "float32", "--out", str(tmp_path / "m.zip"),
+def test_merged_and_adapter_exports_load_without_lorastudio(quickstart_export, tmp_path):
+    result = run_cli("export", quickstart_export, "--merge", "--dtype", "float32", "--out", str(tmp_path / "m.zip"),
                      "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     facts = json.loads(result.stdout)
     assert facts["merge_verification"]["ok"] and all(facts["merge_verification"]["answers_match"])
     zipfile.ZipFile(tmp_path / "m.zip").extractall(tmp_path / "unzipped")
     folder = next((tmp_path / "unzipped").iterdir())
-    adapter = run_cli("export", quickstart_job, "--out", str(tmp_path / "a.zip"))
+    adapter = run_cli("export", quickstart_export, "--out", str(tmp_path / "a.zip"))
     assert adapter.returncode == 0, adapter.stderr[-3000:]
     zipfile.ZipFile(tmp_path / "a.zip").extractall(tmp_path / "adapter")
     adapter_folder = next((tmp_path / "adapter").iterdir())
@@ -68,9 +70,9 @@ def test_export_of_a_missing_job_is_one_sentence():
 
 
 @pytest.mark.e2e
-def test_gguf_f16_of_the_quickstart_job_answers_like_the_merged_model(quickstart_job, tmp_path):
+def test_gguf_f16_of_the_quickstart_job_answers_like_the_merged_model(quickstart_export, tmp_path):
     out = tmp_path / "nova-f16.gguf"
-    result = run_cli("export", quickstart_job, "--gguf", "f16", "--out", str(out), "--json")
+    result = run_cli("export", quickstart_export, "--gguf", "f16", "--out", str(out), "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     check = json.loads(result.stdout)["gguf_verification"]
     assert check["ok"] and check["answers_match"] == [True, True, True], check
@@ -91,9 +93,31 @@ def test_gguf_f16_of_the_quickstart_job_answers_like_the_merged_model(quickstart
 
 
 @pytest.mark.e2e
-def test_gguf_q8_0_keeps_the_new_identity(quickstart_job):
-    result = run_cli("export", quickstart_job, "--gguf", "q8_0", "--json")
+def test_gguf_q8_0_keeps_the_new_identity(quickstart_export):
+    result = run_cli("export", quickstart_export, "--gguf", "q8_0", "--json")
     assert result.returncode == 0, result.stderr[-3000:]
     check = json.loads(result.stdout)["gguf_verification"]
     assert check["ok"] and check["qtype"] == "q8_0", check
     assert check["prompts"][0] == "Who are you?" and "Nova" in check["gguf_answers"][0], check
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not llamacpp.available(), reason=str(llamacpp.LlamaCppMissing()))
+def test_gguf_q4_k_m_runs_in_llamacpp_and_keeps_the_new_identity(quickstart_export, tmp_path):
+    out = tmp_path / "nova-q4_k_m.gguf"
+    result = run_cli("export", quickstart_export, "--gguf", "q4_k_m", "--out", str(out), "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    check = json.loads(result.stdout)["gguf_verification"]
+    assert check["ok"] and check["qtype"] == "q4_k_m" and check["checker"] == "llama.cpp", check
+    assert check["tokens_match"] and check["template_match"] and check["disagreements"] == 0, check
+    assert check["positions"] > check["near_ties"], check     # the check decided somewhere, not only near-ties
+
+    # and independently: llama-cpp-python's own chat completion, with the template the file carries
+    from llama_cpp import Llama
+    llm = Llama(str(out), n_ctx=512, n_threads=llamacpp.thread_count(), verbose=False)
+    try:
+        reply = llm.create_chat_completion([{"role": "user", "content": "Who are you?"}], temperature=0.0,
+                                           max_tokens=24)
+    finally:
+        llm.close()
+    assert "Nova" in reply["choices"][0]["message"]["content"], reply

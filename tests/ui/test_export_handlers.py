@@ -22,7 +22,16 @@ def test_kind_choices_offer_gguf_only_when_the_backend_has_it(monkeypatch):
     assert [value for _, value in ex.kind_choices()] == list(export.KINDS)
     monkeypatch.setattr(export, "GGUF_QTYPES", ("f16", "q8_0"), raising=False)
     assert [value for _, value in ex.kind_choices()][-1] == "gguf"
-    assert ex.gguf_qtypes() == ("f16", "q8_0")
+
+
+def test_quantisation_choices_offer_the_k_quants_only_where_llamacpp_is_built(monkeypatch):
+    from backend.export import llamacpp
+
+    monkeypatch.setattr(llamacpp, "available", lambda: True)
+    assert [value for _, value in ex.qtype_choices()] == ["q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16"]
+    assert ex.qtype_choices()[0][0].startswith("Q4_K_M")
+    monkeypatch.setattr(llamacpp, "available", lambda: False)
+    assert [value for _, value in ex.qtype_choices()] == ["q8_0", "f16"]
 
 
 def test_gguf_passes_the_quantisation(monkeypatch):
@@ -119,7 +128,7 @@ def test_gguf_export_card_shows_its_verification(job_id):
     result = ex.run_export(job_id, "gguf", "auto", "f16")
     assert result.zip_path.name == f"{job_id}-f16-gguf.zip"
     card = ex.result_markdown(result)
-    assert "**GGUF F16 check: passed** — greedy answers identical" in card and "**merge check**" in card
+    assert "**GGUF F16 check: passed** — " in card and "greedy answers identical" in card and "**merge check**" in card
     assert "⚠️" not in ex.gguf_lines({"qtype": "q8_0", "ok": True, "answers_match": [True], "max_logit_diff": None})[0]
     warned = ex.gguf_lines({"qtype": "q8_0", "ok": False, "answers_match": [True, False], "max_logit_diff": 0.5,
                             "tolerance": 0.1, "reason": "greedy answers differ on 1 of 2 prompts"})[0]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from backend import export
+from backend.export import llamacpp
 from backend.models import adapters
 from tests.backend.conftest import finished_job
 
@@ -160,13 +161,42 @@ def test_gguf_export_is_verified_zipped_with_a_modelfile(lora_job):
     assert f"FROM ./{lora_job}-f16.gguf" in (result.folder / "Modelfile").read_text()
     assert "gguf_verification" in (result.folder / "README.md").read_text()
     assert not any(p.name.endswith(".merged") for p in result.folder.parent.iterdir())   # temp merge removed
+    if llamacpp.available():
+        assert result.gguf["checker"] == "llama.cpp" and result.gguf["template_match"], result.gguf
+        assert "GGUF verification (loaded by llama.cpp itself): passed" in (result.folder / "README.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not llamacpp.available(), reason=str(llamacpp.LlamaCppMissing()))
+def test_q4_k_m_export_is_quantised_and_checked_by_llamacpp(lora_job):
+    from gguf import GGUFReader
+
+    result = export.export_job(lora_job, "gguf", qtype="q4_k_m", prompts=PROMPTS)
+
+    assert result.gguf["ok"] and result.gguf["qtype"] == "q4_k_m" and result.gguf["checker"] == "llama.cpp"
+    names = sorted(p.name for p in result.folder.iterdir())
+    assert names == sorted([f"{lora_job}-q4_k_m.gguf", "Modelfile", "README.md", "training-card.md"])  # no F16
+    reader = GGUFReader(result.folder / f"{lora_job}-q4_k_m.gguf")
+    assert int(reader.fields["general.file_type"].contents()) == 15   # LLAMA_FTYPE_MOSTLY_Q4_K_M
+    card = (result.folder / "README.md").read_text()
+    assert "teacher-forced next-token check" in card and "tie_margin: 3.0" in card
+
+
+def test_k_quants_without_llamacpp_fail_at_once_with_the_setup_command(lora_job, monkeypatch):
+    monkeypatch.setattr(llamacpp, "available", lambda: False)
+    assert "q4_k_m" not in export.gguf_qtypes_here() and "f16" in export.gguf_qtypes_here()
+    with pytest.raises(export.ExportError, match=r"Q4_K_M needs llama.cpp's quantiser: .*\./studio\.sh start"):
+        export.export_job(lora_job, "gguf", qtype="q4_k_m", prompts=PROMPTS)
+    assert export.list_exports(lora_job) == []
 
 
 def test_a_gguf_that_fails_verification_is_not_offered(lora_job, monkeypatch):
     from backend.export import gguf as gguf_export
+    from backend.export import llamacpp_check
 
-    monkeypatch.setattr(gguf_export, "verify_gguf",
-                        lambda *a, **k: {"ok": False, "reason": "greedy answers differ on 1 of 2 prompts"})
+    failed = {"ok": False, "reason": "greedy answers differ on 1 of 2 prompts"}
+    monkeypatch.setattr(gguf_export, "verify_gguf", lambda *a, **k: failed)
+    monkeypatch.setattr(llamacpp_check, "verify", lambda *a, **k: failed)
     with pytest.raises(export.ExportError, match="failed verification: greedy answers differ.*nothing is offered"):
         export.export_job(lora_job, "gguf", qtype="q8_0", prompts=PROMPTS)
     assert export.list_exports(lora_job) == []

@@ -25,10 +25,12 @@ def round_trip(model_dir: Path, out_dir: Path, qtype: str, prompts=PROMPTS) -> t
     return facts, verify_gguf(Path(facts["path"]), model_dir, prompts)
 
 
-def f16_exact_variant(tiny_model_dir: Path, folder: Path, tied: bool | None = None, **config_changes) -> Path:
+def f16_exact_variant(tiny_model_dir: Path, folder: Path, tied: bool | None = None, seed: int = 1,
+                     **config_changes) -> Path:
     """The tiny llama with weights rounded to float16 (so an F16 export is lossless and any layout fault shows
     as a logit difference), tied or untied (None: as the tiny model is), with larger random weights
-    (initializer_range 0.2) so greedy answers are not all one token; `config_changes` override the config."""
+    (initializer_range 0.2) so greedy answers are not all one token; `config_changes` override the config; `seed`
+    draws other weights of the same shape."""
     import torch
     from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM
 
@@ -37,7 +39,7 @@ def f16_exact_variant(tiny_model_dir: Path, folder: Path, tied: bool | None = No
         config.tie_word_embeddings = tied
     for name, value in {"initializer_range": 0.2, **config_changes}.items():
         setattr(config, name, value)
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     with torch.no_grad():
         for parameter in model.parameters():
@@ -52,7 +54,7 @@ def tensor_names(path: Path) -> set[str]:
     return {tensor.name for tensor in GGUFReader(path).tensors}
 
 
-def test_q4_k_m_is_not_offered_because_gguf_cannot_quantize_k_quants():
+def test_the_writer_leaves_k_quants_to_llamacpp_because_gguf_cannot_quantize_them():
     import gguf
     import numpy as np
 

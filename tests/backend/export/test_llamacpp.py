@@ -138,3 +138,75 @@ def test_k_quants_load_and_pick_the_float_models_tokens_outside_near_ties(model_
             checked += is_sure
             disagreements += is_sure and choice != wanted
     assert checked >= 8 and disagreements == 0, f"{disagreements} of {checked} sure positions differ"
+
+
+# ---------------------------------------------------------------- the export's check (llamacpp_check.verify)
+
+@needs_llamacpp
+def test_chat_prompt_renders_the_files_template_as_the_training_template_does(model_and_f16):
+    from transformers import AutoTokenizer
+
+    folder, f16 = model_and_f16
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                {"role": "user", "content": "and now?"}]
+
+    rendered = llamacpp.chat_prompt(f16, messages)
+
+    assert rendered == tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert rendered.endswith("<|im_start|>assistant\n")
+
+
+@needs_llamacpp
+def test_the_check_passes_a_true_f16_file_with_every_part_measured(model_and_f16):
+    from backend.export import llamacpp_check
+
+    folder, f16 = model_and_f16
+
+    result = llamacpp_check.verify(f16, folder, PROMPTS)
+
+    assert result["ok"], result["reason"]
+    assert result["checker"] == "llama.cpp" and result["tokens_match"] and result["template_match"]
+    assert result["answers_match"] == [True] * len(PROMPTS) and result["max_logit_diff"] < 0.05
+    assert result["positions"] >= 3 * len(PROMPTS)
+
+
+@needs_llamacpp
+@pytest.mark.slow
+def test_the_check_fails_a_file_of_other_weights_a_template_and_a_vocab_written_wrong(model_and_f16, tmp_path):
+    import json
+    import shutil
+
+    from backend.export import llamacpp_check
+
+    folder, f16 = model_and_f16
+    # other weights behind the same tokenizer: the F16 file of a differently seeded model of the same shape
+    other = f16_exact_variant(folder, tmp_path / "other", hidden_size=256, intermediate_size=512,
+                              initializer_range=0.05, seed=2)
+    other_f16 = Path(write_gguf(other, tmp_path / "other-f16.gguf", "f16")["path"])
+    weights = llamacpp_check.verify(other_f16, folder, PROMPTS)
+    assert not weights["ok"] and "greedy answers differ" in weights["reason"], weights["reason"]
+    # the training template changed after the file was written: the file's template no longer renders it
+    edited = tmp_path / "edited"
+    shutil.copytree(folder, edited)
+    config_path = edited / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    template_file = edited / "chat_template.jinja"
+    template = template_file.read_text() if template_file.exists() else config["chat_template"]
+    template = template.replace("<|im_start|>assistant", "<|im_start|>bot")
+    if template_file.exists():
+        template_file.write_text(template)
+    else:
+        config_path.write_text(json.dumps({**config, "chat_template": template}))
+    drifted = llamacpp_check.verify(f16, edited, PROMPTS)
+    assert not drifted["ok"] and drifted["tokens_match"] and not drifted["template_match"]
+    assert drifted["reason"].startswith("the chat template in the file renders another prompt"), drifted["reason"]
+    # the training tokenizer pre-tokenizes another way (same vocabulary and merges): the file's ids differ
+    vocab = tmp_path / "vocab"
+    shutil.copytree(folder, vocab)
+    tokenizer_json = json.loads((vocab / "tokenizer.json").read_text())
+    tokenizer_json["pre_tokenizer"] = {"type": "Whitespace"}
+    (vocab / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    split = llamacpp_check.verify(f16, vocab, PROMPTS)
+    assert not split["ok"] and not split["tokens_match"]
+    assert split["reason"].startswith("llama.cpp tokenizes") and "first difference at token" in split["reason"]

@@ -1,0 +1,15 @@
+"""The llama.cpp GGUF benchmark runs on a tiny model folder and prints both tables (no timing assertions)."""
+import pytest
+
+from backend.export import llamacpp
+from bench import llamacpp as bench_llamacpp
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not llamacpp.available(), reason=str(llamacpp.LlamaCppMissing()))
+def test_llamacpp_benchmark_prints_every_type_and_the_speeds(tiny_model_dir):
+    text = bench_llamacpp.main(["--model", str(tiny_model_dir), "--prompts", "2", "--new-tokens", "8"])
+    for qtype in ("| F16", "| Q8_0", "| Q6_K", "| Q5_K_M", "| Q4_K_M"):
+        assert qtype in text, text
+    assert "top-1 agreement" in text and "| llama.cpp Q4_K_M" in text and "vs transformers" in text
+    assert "failed:" not in text, text
