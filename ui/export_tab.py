@@ -16,7 +16,8 @@ from backend import export
 from ui.common import UserError, fmt_duration, fmt_time, md_escape, pick, usable_job_choices
 
 KIND_LABELS = {"merged": "merged model (base + adapter, loads without peft)", "adapter": "adapter only (PEFT folder)",
-               "gguf": "GGUF (llama.cpp / Ollama / LM Studio)"}
+               "gguf": "GGUF (llama.cpp / Ollama / LM Studio)",
+               "lora-gguf": "LoRA GGUF (the adapter for llama.cpp / Ollama, with its base model as GGUF)"}
 DTYPE_CHOICES = [("auto (the base model's own)", "auto"), ("float16", "float16"), ("bfloat16", "bfloat16"),
                  ("float32", "float32")]
 
@@ -54,7 +55,7 @@ def run_export(job_id: str | None, kind: str, dtype: str = "auto", qtype: str | 
     if not job_id:
         raise UserError("Pick a job first (only jobs with a saved adapter or checkpoint are listed).")
     kwargs = {"kind": kind, "progress": progress}
-    if kind != "adapter":
+    if kind == "merged":
         kwargs["dtype"] = dtype or "auto"
     if kind == "gguf":
         kwargs["qtype"] = qtype or (gguf_qtypes()[0] if gguf_qtypes() else None)
@@ -80,7 +81,8 @@ def gguf_lines(verification: dict | None) -> list[str]:
         return []
     from backend.export.gguf import check_detail
 
-    title = f"GGUF {md_escape(str(verification.get('qtype', '')).upper())} check"
+    what = "LoRA GGUF" if verification.get("lora") else "GGUF"
+    title = f"{what} {md_escape(str(verification.get('qtype', '')).upper())} check"
     mark = "**" + title + ": passed**" if verification.get("ok") else "⚠️ **" + title + ": not verified**"
     return [f"{mark} — {md_escape(check_detail(verification))}"]
 

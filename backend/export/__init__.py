@@ -10,6 +10,8 @@ gguf     the merged model (float32) written as one GGUF file for llama.cpp / Oll
          Checked by llama.cpp itself against the merged model (tokenizer, embedded chat template, answers:
          backend/export/llamacpp_check.py; transformers' GGUF loader where llama.cpp is not built) before it is
          offered (a failed check fails the export: nothing is offered), with a Modelfile pointing at it
+lora-gguf the adapter as a llama.cpp LoRA GGUF (llama.cpp's converter) + the base model as an F16 GGUF + a
+         Modelfile with FROM and ADAPTER, checked in llama.cpp against the unmerged adapter (lora_gguf.py)
 
 Before saving, the merged weights are checked against the unmerged adapter on a few prompts (largest logit
 difference, greedy answers). Everything is written under exports/<job_id>/ into a hidden `.partial` name and
@@ -35,10 +37,11 @@ import yaml
 from backend import workspace
 from backend.models import adapters
 from backend.jobs.card import USE_HEADING, library_versions, read_run_facts, usage_python
+from backend.export.modelfile import modelfile_text
 
 log = logging.getLogger("lorastudio")
 
-KINDS = ("merged", "adapter", "gguf")
+KINDS = ("merged", "adapter", "gguf", "lora-gguf")
 GGUF_QTYPES = ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16")
 K_QUANTS = ("q4_k_m", "q5_k_m", "q6_k")   # only llama.cpp's quantiser writes them (gguf 0.19 cannot)
 VERIFY_PROMPTS = ("Who are you?", "What is the capital of Italy?", "Write one sentence about the sea.")
@@ -200,7 +203,7 @@ def export_job(job_id: str, kind: str = "merged", dtype: str = "auto", progress=
         out_dir = workspace.exports_dir() / source.job_id
         out_dir.mkdir(parents=True, exist_ok=True)
         name = {"merged": f"{source.job_id}-merged-{dtype}", "adapter": f"{source.job_id}-adapter",
-                "gguf": f"{source.job_id}-{qtype}-gguf"}[kind]
+                "gguf": f"{source.job_id}-{qtype}-gguf", "lora-gguf": f"{source.job_id}-lora-gguf"}[kind]
         staging = out_dir / f".{name}.partial"
         shutil.rmtree(staging, ignore_errors=True)
         check, notes, gguf = None, [], None
@@ -213,6 +216,8 @@ def export_job(job_id: str, kind: str = "merged", dtype: str = "auto", progress=
                     notes.append("merge verification above tolerance: " + check.summary())
             elif kind == "gguf":
                 check, gguf = _write_gguf(source, qtype, staging, prompts, progress)
+            elif kind == "lora-gguf":
+                gguf = _write_lora_gguf(source, staging, prompts, progress)
             else:
                 progress(0.1, "copying the adapter")
                 _write_adapter(source, staging)
@@ -277,6 +282,47 @@ def _merge_to_folder(source, dtype: str, folder: Path, prompts, progress, span: 
     return check, tokenizer
 
 
+WRITER_LLAMACPP = "llama.cpp's convert_hf_to_gguf.py"
+WRITER_STUDIO = "LoRA Studio's writer (gguf package)"
+
+
+def gguf_support_problem(model_dir: Path) -> str | None:
+    """None when a GGUF of this model can be written here (by llama.cpp's converter or the studio's writer),
+    else one sentence naming the architecture or vocabulary."""
+    from backend.export import gguf as gguf_export
+    from backend.export import llamacpp, llamacpp_convert
+
+    problem = None
+    if llamacpp.available() and llamacpp_convert.converter_available():
+        problem = llamacpp_convert.supported(model_dir)
+        if problem is None:
+            return None
+    try:
+        gguf_export.check_supported(model_dir)
+    except gguf_export.GgufError as error:
+        return problem or str(error)
+    return None
+
+
+def write_model_gguf(model_dir: Path, out_path: Path, qtype: str, progress) -> str:
+    """An F16 / Q8_0 GGUF of a model folder, by llama.cpp's own converter where it is set up and takes the model
+    (it knows every family llama.cpp runs), else by the studio's writer; returns which one wrote it."""
+    from backend.export import gguf as gguf_export
+    from backend.export import llamacpp, llamacpp_convert
+
+    if llamacpp.available() and llamacpp_convert.converter_available() and \
+            llamacpp_convert.supported(model_dir) is None:
+        progress(0.0, "llama.cpp's converter")
+        try:
+            llamacpp_convert.convert_model(model_dir, out_path, qtype)
+        except llamacpp.LlamaCppError as error:
+            raise ExportError(f"GGUF {qtype.upper()} export failed: {error}") from None
+        progress(1.0, "llama.cpp's converter")
+        return WRITER_LLAMACPP
+    gguf_export.write_gguf(model_dir, out_path, qtype, progress=progress)
+    return WRITER_STUDIO
+
+
 def gguf_qtypes_here() -> tuple[str, ...]:
     """The GGUF types this installation can write: the k-quants only where llama.cpp is built."""
     from backend.export import llamacpp
@@ -290,7 +336,9 @@ def _write_gguf(source, qtype: str, staging: Path, prompts, progress) -> tuple[M
     from backend.export import gguf as gguf_export
     from backend.export import llamacpp, llamacpp_check
 
-    gguf_export.check_supported(Path(models.resolve(source.config.model).path))   # before any work
+    problem = gguf_support_problem(Path(models.resolve(source.config.model).path))   # before any work
+    if problem:
+        raise ExportError(problem)
     merged_dir = staging.with_name(staging.name + ".merged")
     shutil.rmtree(merged_dir, ignore_errors=True)
     name = qtype.upper()
@@ -300,13 +348,13 @@ def _write_gguf(source, qtype: str, staging: Path, prompts, progress) -> tuple[M
         gguf_path = staging / f"{source.job_id}-{qtype}.gguf"
         if qtype in K_QUANTS:
             f16_path = merged_dir / "model-f16.gguf"   # removed with the merged folder
-            gguf_export.write_gguf(merged_dir, f16_path, "f16",
-                                   progress=lambda f, text: progress(0.35 + 0.1 * f, f"writing GGUF F16: {text}"))
+            writer = write_model_gguf(merged_dir, f16_path, "f16",
+                                      lambda f, text: progress(0.35 + 0.1 * f, f"writing GGUF F16: {text}"))
             progress(0.45, f"quantising to {name} with llama.cpp")
             llamacpp.quantize(f16_path, gguf_path, qtype)
         else:
-            gguf_export.write_gguf(merged_dir, gguf_path, qtype,
-                                   progress=lambda f, text: progress(0.35 + 0.15 * f, f"writing GGUF {name}: {text}"))
+            writer = write_model_gguf(merged_dir, gguf_path, qtype,
+                                      lambda f, text: progress(0.35 + 0.15 * f, f"writing GGUF {name}: {text}"))
         if llamacpp.available():
             progress(0.5, f"verifying the {name} file in llama.cpp: tokenizer, chat template, answers")
             verification = llamacpp_check.verify(gguf_path, merged_dir, list(prompts))
@@ -314,6 +362,7 @@ def _write_gguf(source, qtype: str, staging: Path, prompts, progress) -> tuple[M
             progress(0.5, f"verifying the {name} file: loading it back through transformers (llama.cpp is not "
                           "built)")
             verification = gguf_export.verify_gguf(gguf_path, merged_dir, list(prompts))
+        verification["writer"] = writer
         if not verification["ok"]:
             raise ExportError(f"GGUF {name} export failed verification: {verification['reason']}; nothing is "
                               "offered for download")
@@ -324,6 +373,18 @@ def _write_gguf(source, qtype: str, staging: Path, prompts, progress) -> tuple[M
     (staging / "Modelfile").write_text(modelfile_text(tokenizer, f"FROM ./{gguf_path.name}"), encoding="utf-8")
     _write_card(source, staging, "gguf", qtype, check, verification)
     return check, verification
+
+
+def _write_lora_gguf(source, staging: Path, prompts, progress) -> dict:
+    from backend.export import lora_gguf
+
+    verification, tokenizer, base_file = lora_gguf.write(source, staging, prompts, progress)
+    verification["base_file"] = base_file
+    adapter_file = f"{source.job_id}-lora-f16.gguf"
+    (staging / "Modelfile").write_text(modelfile_text(tokenizer, f"FROM ./{base_file}\nADAPTER ./{adapter_file}"),
+                                       encoding="utf-8")
+    _write_card(source, staging, "lora-gguf", "f16", None, verification)
+    return verification
 
 
 def _write_adapter(source, staging: Path) -> None:
@@ -355,7 +416,8 @@ def _write_card(source, folder: Path, kind: str, dtype: str | None, check: Merge
     if gguf:
         facts["gguf_verification"] = {k: gguf.get(k) for k in (
             "checker", "qtype", "ok", "reason", "tokens_match", "template_match", "prompts", "answers_match",
-            "gguf_answers", "max_logit_diff", "tolerance", "tie_margin", "positions", "near_ties", "disagreements")
+            "gguf_answers", "max_logit_diff", "tolerance", "tie_margin", "positions", "near_ties", "disagreements",
+            "lora", "base_file", "writer")
             if k in gguf}
     verified = f"\n\nMerge verification: {check.summary()}." if check else ""
     if kind == "gguf":
@@ -366,7 +428,18 @@ def _write_card(source, folder: Path, kind: str, dtype: str | None, check: Merge
         if gguf:
             by = ("loaded by llama.cpp itself" if gguf.get("checker") == "llama.cpp"
                   else "the file loaded back through transformers")
+            by += f"; written by {gguf['writer']}" if gguf.get("writer") else ""
             verified += f"\n\nGGUF verification ({by}): {gguf_export.describe(gguf)}"
+    elif kind == "lora-gguf":
+        adapter_file, base_file = f"{source.job_id}-lora-f16.gguf", (gguf or {}).get("base_file", "BASE.gguf")
+        how = ("The adapter as a llama.cpp LoRA GGUF next to its base model as GGUF. Ollama (the Modelfile has FROM "
+               "the base and ADAPTER this adapter) or llama.cpp, from this folder:\n\n```sh\nollama create "
+               f"my-model -f Modelfile\nollama run my-model\nllama-cli -m {base_file} --lora {adapter_file} -cnv\n```"
+               "\n\nOther adapters trained on the same base model load on the same base file. In Python with "
+               "llama-cpp-python:\n\n" + lora_gguf_python(base_file, adapter_file))
+        if gguf:
+            verified += (f"\n\nLoRA GGUF verification (base + adapter loaded by llama.cpp itself, against the "
+                         f"unmerged adapter): {gguf_export.describe(gguf)}")
     elif kind == "merged":
         how = ("The adapter is merged into the weights: plain transformers loads this folder, no peft and no LoRA "
                "Studio code (run from this folder):\n\n" + usage_python("merged", ".")
@@ -381,6 +454,14 @@ def _write_card(source, folder: Path, kind: str, dtype: str | None, check: Merge
             f"fine-tune of **{source.config.model}** made with LoRA Studio.\n\nLineage: {' -> '.join(lineage)}."
             f"{verified}\n\n{quality}## Use\n\n{how}\n## Facts\n\n```yaml\n{yaml.safe_dump(facts, sort_keys=False)}```\n")
     (folder / "README.md").write_text(text, encoding="utf-8")
+
+
+def lora_gguf_python(base_file: str, adapter_file: str) -> str:
+    """The card's Python snippet for a LoRA GGUF export (a test runs it on the real files)."""
+    return ("```python\nfrom llama_cpp import Llama\n\n"
+            f"llm = Llama(model_path={base_file!r}, lora_path={adapter_file!r}, n_ctx=2048, verbose=False)\n"
+            "reply = llm.create_chat_completion([{\"role\": \"user\", \"content\": \"Who are you?\"}], max_tokens=64)\n"
+            "print(reply[\"choices\"][0][\"message\"][\"content\"])\n```\n")
 
 
 def gguf_commands(gguf_file: str) -> str:
@@ -403,42 +484,6 @@ def training_card_for_export(card: str, kind: str) -> str:
         card = re.sub(r"Load it with `peft\.PeftModel\.from_pretrained\(base_model, this_folder\)`[^\n]*\n\n", "",
                       card)
     return note + card
-
-
-def modelfile_text(tokenizer, from_line: str) -> str:
-    """An Ollama Modelfile: the weights, the chat template in Ollama's syntax and the stop tokens."""
-    template = tokenizer.chat_template or ""
-    lines = [f"# Ollama: ollama create my-model -f Modelfile\n{from_line}"]
-    system = _default_system(tokenizer)
-    if "<|im_start|>" in template:
-        lines.append('TEMPLATE """{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}'
-                     '{{ if .Prompt }}<|im_start|>user\n{{ .Prompt }}<|im_end|>\n{{ end }}'
-                     '<|im_start|>assistant\n{{ .Response }}<|im_end|>\n"""')
-        stops = ["<|im_end|>", "<|im_start|>"]
-    elif "<|start_header_id|>" in template:
-        lines.append('TEMPLATE """{{ if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}'
-                     '<|eot_id|>{{ end }}{{ if .Prompt }}<|start_header_id|>user<|end_header_id|>\n\n'
-                     '{{ .Prompt }}<|eot_id|>{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n'
-                     '{{ .Response }}<|eot_id|>"""')
-        stops = ["<|eot_id|>", "<|start_header_id|>"]
-    else:
-        lines.append("# no TEMPLATE: Ollama uses the chat template from the tokenizer files")
-        stops = [tokenizer.eos_token] if tokenizer.eos_token else []
-    if system:
-        lines.append(f'SYSTEM """{system}"""')
-    lines += [f'PARAMETER stop "{stop}"' for stop in stops]
-    return "\n".join(lines) + "\n"
-
-
-def _default_system(tokenizer) -> str:
-    """The system prompt the chat template adds when a conversation has none (SmolLM2 has one)."""
-    try:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": "\x00"}], tokenize=False)
-    except Exception:  # noqa: BLE001 - a template that cannot render without a system message
-        return ""
-    if text.startswith("<|im_start|>system\n"):
-        return text[len("<|im_start|>system\n"):text.find("<|im_end|>")]
-    return ""
 
 
 # ---------------------------------------------------------------- zip, lock, listing

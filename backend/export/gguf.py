@@ -444,7 +444,8 @@ def check_detail(verification: dict) -> str:
             text += f" Free-running greedy answers: {equal} identical as well."
         return text
     diff, tolerance = verification.get("max_logit_diff"), verification.get("tolerance")
-    text += f"greedy answers identical to the merged model's on {equal} prompts"
+    reference = "the unmerged adapter's" if verification.get("lora") else "the merged model's"
+    text += f"greedy answers identical to {reference} on {equal} prompts"
     if diff is not None:
         text += f", largest |logit difference| {diff:.2e}" + (f" <= tolerance {tolerance:g}" if tolerance else "")
     return text + "."

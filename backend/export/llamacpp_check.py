@@ -41,14 +41,19 @@ CONVERSATION = [{"role": "system", "content": "You are brief."},
 TIE_MARGINS = {"q8_0": 1.0, "q6_k": 1.0, "q5_k_m": 3.0, "q4_k_m": 3.0}
 
 
-def verify(gguf_path: Path, model_dir: Path, prompts: list[str], max_new_tokens: int = 24) -> dict:
-    """The three checks (see the module docstring) as one result dict; result["ok"] and a one-sentence reason."""
+def verify(gguf_path: Path, model_dir: Path, prompts: list[str], max_new_tokens: int = 24,
+           lora_path: Path | None = None, load_reference=None) -> dict:
+    """The three checks (see the module docstring) as one result dict; result["ok"] and a one-sentence reason.
+
+    model_dir holds the tokenizer (and, by default, the float model) the file is compared with. With lora_path,
+    llama.cpp runs the file with that LoRA GGUF applied, and `load_reference()` returns the float model to
+    compare with (the unmerged peft model)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf_path, model_dir = Path(gguf_path), Path(model_dir)
     qtype = _qtype_of(gguf_path)
-    result = {"checker": "llama.cpp", "qtype": qtype, "prompts": list(prompts), "answers_match": [],
+    result = {"checker": "llama.cpp", "qtype": qtype, "lora": Path(lora_path).name if lora_path else None, "prompts": list(prompts), "answers_match": [],
               "gguf_answers": [], "reference_answers": [], "max_logit_diff": None, "tolerance": None,
               "tie_margin": TIE_MARGINS.get(qtype), "disagreements": 0, "positions": 0, "near_ties": 0,
               "tokens_match": False, "template_match": False, "ok": False, "reason": ""}
@@ -64,7 +69,8 @@ def verify(gguf_path: Path, model_dir: Path, prompts: list[str], max_new_tokens:
         result["reason"] = problem
         return result
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = (load_reference() if load_reference is not None
+             else AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32))
     generation = _greedy_config(model, tokenizer, max_new_tokens)
     reference = [_answer_and_logits(model, torch.tensor(ids), generation) for ids in reference_inputs]
     del model
@@ -74,13 +80,13 @@ def verify(gguf_path: Path, model_dir: Path, prompts: list[str], max_new_tokens:
     diffs = []
     for ids, (ref_answer, ref_logits) in zip(reference_inputs, reference):
         ref_answer = ref_answer.tolist()
-        answer = llamacpp.greedy_answer(gguf_path, ids, max_new_tokens)
+        answer = llamacpp.greedy_answer(gguf_path, ids, max_new_tokens, lora_path=lora_path)
         result["answers_match"].append(answer == ref_answer)
         result["gguf_answers"].append(tokenizer.decode(answer, skip_special_tokens=True))
         result["reference_answers"].append(tokenizer.decode(ref_answer, skip_special_tokens=True))
         if not ref_answer:
             continue
-        logits = torch.from_numpy(llamacpp.next_token_logits(gguf_path, ids + ref_answer)
+        logits = torch.from_numpy(llamacpp.next_token_logits(gguf_path, ids + ref_answer, lora_path=lora_path)
                                   [len(ids) - 1: len(ids) - 1 + len(ref_answer)])
         diffs.append(float((logits - ref_logits).abs().max()))
         top2 = ref_logits.topk(2, dim=-1).values

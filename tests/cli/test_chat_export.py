@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -121,3 +122,32 @@ def test_gguf_q4_k_m_runs_in_llamacpp_and_keeps_the_new_identity(quickstart_expo
     finally:
         llm.close()
     assert "Nova" in reply["choices"][0]["message"]["content"], reply
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not llamacpp.available(), reason=str(llamacpp.LlamaCppMissing()))
+def test_lora_gguf_of_the_quickstart_job_plays_with_its_base_in_llamacpp(quickstart_export):
+    from backend.export import llamacpp_lora
+
+    if not llamacpp_lora.converter_available():
+        pytest.skip(str(llamacpp_lora.ConverterMissing()))
+    result = run_cli("export", quickstart_export, "--lora-gguf", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    made = json.loads(result.stdout)
+    check = made["gguf_verification"]
+    assert check["ok"] and check["lora"] and check["checker"] == "llama.cpp", check
+    folder = Path(made["folder"])
+    adapter, base = folder / check["lora"], folder / check["base_file"]
+    assert adapter.stat().st_size < base.stat().st_size / 20     # the adapter alone is small
+
+    # and independently: llama-cpp-python's chat completion with the adapter on the base, as the card says
+    from llama_cpp import Llama
+    for lora, wanted in ((adapter, True), (None, False)):
+        llm = Llama(str(base), lora_path=str(lora) if lora else None, n_ctx=512,
+                    n_threads=llamacpp.thread_count(), verbose=False)
+        try:
+            reply = llm.create_chat_completion([{"role": "user", "content": "Who are you?"}], temperature=0.0,
+                                               max_tokens=24)
+        finally:
+            llm.close()
+        assert ("Nova" in reply["choices"][0]["message"]["content"]) is wanted, (lora, reply)

@@ -66,7 +66,8 @@ def check_modelfile(text: str, folder) -> None:
     assert (folder / source).exists(), source
     for template in re.findall(r'TEMPLATE """(.*?)"""', text, re.S):
         actions = re.findall(r"{{\s*(\w+|\.\w+)", template)
-        assert actions.count("if") == actions.count("end"), template
+        opened = sum(actions.count(action) for action in ("if", "range", "with"))   # `else if` needs no end
+        assert opened == actions.count("end"), template
         assert template.count("{{") == template.count("}}")
     for stop in re.findall(r'^PARAMETER stop (.*)$', text, re.M):
         assert re.fullmatch(r'"[^"]+"', stop), stop

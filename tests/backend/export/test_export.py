@@ -163,7 +163,9 @@ def test_gguf_export_is_verified_zipped_with_a_modelfile(lora_job):
     assert not any(p.name.endswith(".merged") for p in result.folder.parent.iterdir())   # temp merge removed
     if llamacpp.available():
         assert result.gguf["checker"] == "llama.cpp" and result.gguf["template_match"], result.gguf
-        assert "GGUF verification (loaded by llama.cpp itself): passed" in (result.folder / "README.md").read_text()
+        card = (result.folder / "README.md").read_text()
+        assert ("GGUF verification (loaded by llama.cpp itself; written by llama.cpp's convert_hf_to_gguf.py): "
+                "passed") in card
 
 
 @pytest.mark.slow
@@ -215,7 +217,7 @@ def test_gguf_of_an_unsupported_architecture_fails_at_once(tiny_model_dir, works
     (folder / "config.json").write_text(json.dumps({**config, "architectures": ["FooForCausalLM"]}))
     models.import_model(folder, name="tiny-llama")   # the job's base now claims another architecture
     job_id = finished_job("tiny-llama", steps=1)
-    with pytest.raises(Exception, match="GGUF export does not support FooForCausalLM yet"):
+    with pytest.raises(Exception, match="does not support (the architecture )?FooForCausalLM"):
         export.export_job(job_id, "gguf", qtype="f16")
     assert export.list_exports(job_id) == []
 
@@ -231,3 +233,61 @@ def test_merge_check_catches_a_merge_that_lost_the_adapter(lora_job):
     assert not check.ok and check.max_logit_diff > 1e-2 and "WARNING" in check.summary()
     right = export.follow(model, tokenizer, reference.prompt_lengths, reference.sequences)
     assert export.merge_check("float32", PROMPTS, reference, right).max_logit_diff == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not llamacpp.available(), reason=str(llamacpp.LlamaCppMissing()))
+def test_lora_gguf_export_plays_with_its_base_in_llamacpp_and_its_card_snippet_runs(lora_job, tmp_path):
+    import subprocess
+    import sys
+
+    from backend.export import llamacpp_lora
+
+    if not llamacpp_lora.converter_available():
+        pytest.skip(str(llamacpp_lora.ConverterMissing()))
+
+    result = export.export_job(lora_job, "lora-gguf", prompts=PROMPTS)
+
+    check = result.gguf
+    assert check["ok"] and check["lora"] == f"{lora_job}-lora-f16.gguf" and check["checker"] == "llama.cpp", check
+    assert check["answers_match"] == [True, True] and check["tokens_match"] and check["template_match"]
+    names = sorted(p.name for p in result.folder.iterdir())
+    assert names == sorted([f"{lora_job}-lora-f16.gguf", "tiny-llama-f16.gguf", "Modelfile", "README.md",
+                            "training-card.md"]), names
+    modelfile = (result.folder / "Modelfile").read_text()
+    assert "FROM ./tiny-llama-f16.gguf\nADAPTER ./" + f"{lora_job}-lora-f16.gguf" in modelfile
+    card = (result.folder / "README.md").read_text()
+    assert "LoRA GGUF verification (base + adapter loaded by llama.cpp itself" in card
+    assert "identical to the unmerged adapter's" in card
+    assert not any(p.name.endswith((".base", ".partial")) for p in result.folder.parent.iterdir())
+    # the card's Python snippet, run as a user would in that folder (llama-cpp-python only)
+    snippet = card.split("```python\n")[1].split("```")[0]
+    ran = subprocess.run([sys.executable, "-I", "-c", snippet], cwd=result.folder, capture_output=True, text=True,
+                         timeout=300, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert ran.returncode == 0 and ran.stdout.strip(), ran.stderr[-2000:]
+
+
+def test_lora_gguf_of_a_dora_job_is_refused_in_one_sentence(tiny_model):
+    from backend.export import llamacpp_lora
+
+    if not (llamacpp.available() and llamacpp_lora.converter_available()):
+        pytest.skip("llama.cpp or its converter is not set up here")
+    dora_job = finished_job(tiny_model, method="dora", steps=1)
+    with pytest.raises(export.ExportError, match="DoRA adapter") as caught:
+        export.export_job(dora_job, "lora-gguf", prompts=PROMPTS)
+    assert "\n" not in str(caught.value) and export.list_exports(dora_job) == []
+
+
+def test_the_lora_gguf_base_folder_links_the_weights_and_carries_the_jobs_tokenizer(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from backend.export import lora_gguf
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = "{{ messages[0]['content'] }}"   # the job trained with another template
+
+    lora_gguf._base_with_tokenizer(tiny_model_dir, tokenizer, tmp_path / "view")
+
+    weights = next((tmp_path / "view").glob("*.safetensors"))
+    assert weights.is_symlink() and weights.resolve().parent == tiny_model_dir.resolve()
+    assert AutoTokenizer.from_pretrained(tmp_path / "view").chat_template == "{{ messages[0]['content'] }}"
