@@ -140,8 +140,10 @@ def main(argv=None) -> str:
             files[qtype] = path
             agreement, positions = top1_agreement(path, pairs)
             check = llamacpp_check.verify(path, model_dir, prompts[:3])
+            clear = (f", top-1 {100 * check['top1_agreement']:.0f} % of {check['clear']} clear"
+                     if check.get("top1_agreement") is not None else "")
             verdict = (f"passed ({check['disagreements']} disagreements, {check['near_ties']} near-ties "
-                       f"of {check['positions']})" if check["ok"] else f"failed: {check['reason']}")
+                       f"of {check['positions']}{clear})" if check["ok"] else f"failed: {check['reason']}")
             rows.append([qtype.upper(), f"{path.stat().st_size / MB:.1f}", f"{seconds:.1f}", tensor_types(path),
                          f"{100 * agreement:.1f} % of {positions}",
                          f"{sum(check['answers_match'])}/{len(check['answers_match'])}", verdict])

@@ -417,6 +417,7 @@ def _write_card(source, folder: Path, kind: str, dtype: str | None, check: Merge
         facts["gguf_verification"] = {k: gguf.get(k) for k in (
             "checker", "qtype", "ok", "reason", "tokens_match", "template_match", "prompts", "answers_match",
             "gguf_answers", "max_logit_diff", "tolerance", "tie_margin", "positions", "near_ties", "disagreements",
+            "top1_agreement", "min_top1",
             "lora", "base_file", "writer")
             if k in gguf}
     verified = f"\n\nMerge verification: {check.summary()}." if check else ""

@@ -437,6 +437,10 @@ def check_detail(verification: dict) -> str:
                  f"({verification.get('disagreements') or 0} disagreements"
                  + (f" in {positions} positions, {verification.get('near_ties') or 0} near-ties" if positions
                     else "") + ").")
+        if verification.get("top1_agreement") is not None:
+            text += (f" Top-1 agreement where the top two are at least {verification.get('soft_margin', 0.5):g} "
+                     f"apart: {100 * verification['top1_agreement']:.0f} % (at least "
+                     f"{100 * (verification.get('min_top1') or 0):.0f} %).")
         if matched and not all(matched):
             text += (f" Free-running greedy answers: {equal} identical, which the check allows: {qtype} rounding "
                      "may flip a near-tie, and a freely generated answer then takes another path.")

@@ -210,3 +210,25 @@ def test_the_check_fails_a_file_of_other_weights_a_template_and_a_vocab_written_
     split = llamacpp_check.verify(f16, vocab, PROMPTS)
     assert not split["ok"] and not split["tokens_match"]
     assert split["reason"].startswith("llama.cpp tokenizes") and "first difference at token" in split["reason"]
+
+
+@needs_llamacpp
+@pytest.mark.slow
+def test_a_q4_k_m_check_passes_the_true_file_and_fails_one_of_other_weights(model_and_f16, tmp_path):
+    from backend.export import llamacpp_check
+
+    folder, f16 = model_and_f16
+    true_q4 = llamacpp.quantize(f16, tmp_path / "true-q4_k_m.gguf", "q4_k_m")["path"]
+    other = f16_exact_variant(folder, tmp_path / "other", hidden_size=256, intermediate_size=512,
+                              initializer_range=0.05, seed=3)
+    other_f16 = write_gguf(other, tmp_path / "other-f16.gguf", "f16")["path"]
+    other_q4 = llamacpp.quantize(other_f16, tmp_path / "other-q4_k_m.gguf", "q4_k_m")["path"]
+
+    true = llamacpp_check.verify(Path(true_q4), folder, PROMPTS)
+    wrong = llamacpp_check.verify(Path(other_q4), folder, PROMPTS)
+
+    facts = ("ok", "reason", "top1_agreement", "clear", "disagreements", "positions", "near_ties")
+    assert true["ok"] and true["top1_agreement"] >= llamacpp_check.MIN_TOP1["q4_k_m"], {k: true[k] for k in facts}
+    # the margin leaves few sure positions on this small model: the top-1 share is what catches the wrong file
+    assert not wrong["ok"] and wrong["top1_agreement"] < 0.5, {k: wrong[k] for k in facts}
+    assert "picks the merged model's next token at only" in wrong["reason"] or wrong["disagreements"], wrong
