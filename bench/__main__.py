@@ -58,7 +58,7 @@ TINY = {  # the smallest settings, with the model replaced by --tiny MODEL_DIR
     "estimator": {"lengths": (64,), "batch": 2, "steps": 2, "methods": ("lora",)},
     "methods": {"length": 64, "batch": 2, "steps": 2, "rounds": 1, "methods": ("lora", "dora")},
     "playground": {"quick": True}, "gguf": {"argv": ["--rounds", "1"]}, "reliability": {"only": ("trainer",)},
-    "llamacpp": {"argv": ["--prompts", "2", "--new-tokens", "8"]},
+    "llamacpp": {"argv": ["--prompts", "2", "--new-tokens", "8", "--types", "q4_k_m"]},
     "load": {"clients": 3, "window": 3.0, "jobs": 3},
     "evaluate": {"rows": 6, "max_new_tokens": 4, "batch_sizes": (1, 4), "steps": 2, "report_rows": 3},
 }

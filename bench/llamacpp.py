@@ -3,6 +3,7 @@ the export's own llama.cpp check, top-1 agreement with the float model, and gene
 transformers model it came from.
 
     python -m bench llamacpp [--model smollm2-135m-instruct | --model FOLDER] [--prompts 8] [--new-tokens 64]
+                             [--types f16,q8_0,q6_k,q5_k_m,q4_k_m]
 
 F16 and Q8_0 are written by backend.export.gguf; Q6_K, Q5_K_M and Q4_K_M by llama.cpp's quantiser from the F16
 file (backend.export.llamacpp.quantize), as the export does. Top-1 agreement: teacher-forced on the float32
@@ -135,7 +136,8 @@ def main(argv=None) -> str:
         model_dir = _model_dir(args.model)
         pairs = reference_answers(model_dir, prompts, args.new_tokens)
         rows, files = [], {}
-        for qtype in TYPES:
+        types = [t for t in TYPES if t == "f16" or t in args.types.split(",")]
+        for qtype in types:
             path, seconds = make(model_dir, Path(scratch), qtype)
             files[qtype] = path
             agreement, positions = top1_agreement(path, pairs)
@@ -150,7 +152,7 @@ def main(argv=None) -> str:
         prompt_ids = pairs[0][0]
         reference_speed = transformers_speed(model_dir, prompt_ids, args.new_tokens)
         speeds = [["transformers float32 (merged model folder)", f"{reference_speed:.1f}"]]
-        for qtype in ("f16", "q8_0", "q4_k_m"):
+        for qtype in [t for t in ("f16", "q8_0", "q4_k_m") if t in files]:
             speeds.append([f"llama.cpp {qtype.upper()}",
                            f"{llamacpp_speed(files[qtype], prompt_ids, args.new_tokens):.1f}"])
     base = float(speeds[0][1])
@@ -177,6 +179,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default="smollm2-135m-instruct", help="registry name or model folder")
     parser.add_argument("--prompts", type=int, default=len(PROMPTS))
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--types", default=",".join(TYPES), help="which GGUF types (F16 is always made: the "
+                                                                     "k-quants are quantised from it)")
     return parser
 
 
