@@ -20,9 +20,10 @@ Why this shape:
   and tokenizers that are not byte-level BPE with a known pre-tokenizer (sentencepiece vocabularies of
   Llama 2 / Mistral v0.1 are not written yet).
 
-Q4_K_M is not offered: gguf 0.19's `gguf.quants` can only de-quantise the k-quants (Q4_K and Q6_K, which
-Q4_K_M mixes, raise NotImplementedError in `quantize`); it quantises BF16, Q4_0/Q4_1, Q5_0/Q5_1, Q8_0, TQ1/TQ2
-and MXFP4 only. Producing Q4_K_M needs llama.cpp's `llama-quantize` on the F16 file.
+This writer is the fallback where llama.cpp's own converter is not set up (backend/export/llamacpp_convert.py
+is preferred). It writes no k-quants: gguf 0.19's `gguf.quants` can only de-quantise them (Q4_K and Q6_K, which
+Q4_K_M mixes, raise NotImplementedError in `quantize`); Q4_K_M / Q5_K_M / Q6_K come from llama.cpp's quantiser
+on the F16 file (backend/export/llamacpp.quantize).
 
 Verification (the figures go to the export card and the UI):
 - Tokenizer: the GGUF's own tokenizer (rebuilt by transformers from the file's vocab, merges and template)
