@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
 import subprocess
 import sys
@@ -37,20 +36,12 @@ from pathlib import Path
 
 from backend.export import llamacpp
 from backend.export.gguf import partial_path
-from backend.export.llamacpp_lora import CONVERTER_TIMEOUT_S, _converter_error, converter_available, converter_dir
+from backend.export.llamacpp_lora import (CONVERTER_TIMEOUT_S, ConverterMissing, _converter_error, converter_available,
+                                          converter_dir, converter_env)
 
 OUTTYPES = ("f16", "bf16", "q8_0")     # what the converter writes itself (k-quants: llamacpp.quantize on the F16)
 # families whose converter class reads only a sentencepiece tokenizer.model (no BPE fallback)
 _SENTENCEPIECE_ONLY = {"GemmaForCausalLM": "Gemma", "Gemma2ForCausalLM": "Gemma 2", "Phi3ForCausalLM": "Phi-3"}
-
-
-class ConverterMissing(llamacpp.LlamaCppMissing):
-    """llama.cpp's model converter is not set up here; the message is one sentence."""
-
-    def __init__(self, detail: str = ""):
-        RuntimeError.__init__(self, f"llama.cpp's model converter is not set up in this environment"
-                                    f"{f' ({detail})' if detail else ''}; run `{llamacpp.SETUP_COMMAND}` once "
-                                    f"to set it up")
 
 
 class ModelNotConvertible(llamacpp.LlamaCppError):
@@ -194,15 +185,6 @@ def convert_model(model_dir: Path, out_path: Path, outtype: str = "f16") -> dict
         raise
     return {"path": str(out_path), "bytes": out_path.stat().st_size, "outtype": outtype,
             "seconds": round(time.monotonic() - started, 2), **facts}
-
-
-def converter_env() -> dict:
-    """The converter's environment: offline, and the gguf-py of its llama.cpp commit first on PYTHONPATH."""
-    folder = converter_dir()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(folder / "gguf-py"), os.environ.get("PYTHONPATH")])))
-    env.pop("NO_LOCAL_GGUF", None)
-    return env
 
 
 def _run(model_dir: Path, out: Path, outtype: str, cwd: Path) -> None:

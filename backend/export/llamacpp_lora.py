@@ -48,12 +48,12 @@ _ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 class ConverterMissing(llamacpp.LlamaCppMissing):
-    """llama.cpp's converter scripts are not set up here; the message is one sentence."""
+    """llama.cpp's converter scripts (models and LoRA adapters) are not set up here; the message is one sentence."""
 
     def __init__(self, detail: str = ""):
-        RuntimeError.__init__(self, f"llama.cpp's LoRA converter is not set up in this environment"
+        RuntimeError.__init__(self, f"llama.cpp's converter scripts are not set up in this environment"
                                     f"{f' ({detail})' if detail else ''}; run `{llamacpp.SETUP_COMMAND}` once "
-                                    f"to set it up")
+                                    f"to set them up")
 
 
 class AdapterNotConvertible(llamacpp.LlamaCppError):
@@ -185,11 +185,18 @@ def _with_alpha(adapter_dir: Path, config: dict, alpha: float, folder: Path) -> 
     return folder
 
 
-def _run_converter(adapter_dir: Path, base_model_dir: Path, out: Path, cwd: Path, name: str) -> None:
+def converter_env() -> dict:
+    """The converter's environment: offline, and the gguf-py of its llama.cpp commit first on PYTHONPATH."""
     folder = converter_dir()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(folder / "gguf-py"), os.environ.get("PYTHONPATH")])))
     env.pop("NO_LOCAL_GGUF", None)
+    return env
+
+
+def _run_converter(adapter_dir: Path, base_model_dir: Path, out: Path, cwd: Path, name: str) -> None:
+    folder = converter_dir()
+    env = converter_env()
     # the converter fills {ftype} templates in the file name with str.format: braces in ours are escaped
     outfile = out.resolve().parent / out.name.replace("{", "{{").replace("}", "}}")
     command = [sys.executable, str(folder / "convert_lora_to_gguf.py"), "--base", str(base_model_dir.resolve()),

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from backend.export import llamacpp, llamacpp_lora
-from backend.export.gguf import _chat_ids, _greedy, _greedy_config, partial_path, write_gguf
-from tests.backend.export.test_gguf import f16_exact_variant
+from backend.export.gguf import _chat_ids, _greedy, _greedy_config, partial_path
+from tests.backend.export.test_llamacpp import model_and_f16  # noqa: F401 - the widened tiny Llama and its F16
 
 needs_llamacpp = pytest.mark.skipif(not llamacpp.available(), reason=str(llamacpp.LlamaCppMissing()))
 needs_converter = pytest.mark.skipif(not llamacpp_lora.converter_available(),
@@ -61,15 +61,6 @@ def peft_answers(base_dir: Path, adapter_dir: Path, prompts: list[str], max_new_
     return [ids.tolist() for ids in prompt_ids], [_greedy(model, ids, generation).tolist() for ids in prompt_ids]
 
 
-@pytest.fixture(scope="module")
-def base_and_f16(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
-    """(the widened float16-exact tiny Llama's folder, its F16 GGUF written by backend.export.gguf)."""
-    folder = f16_exact_variant(tiny_model_dir, tmp_path_factory.mktemp("lora-base"), hidden_size=256,
-                               intermediate_size=512, initializer_range=0.05)
-    facts = write_gguf(folder, tmp_path_factory.mktemp("lora-base-gguf") / "model-f16.gguf", "f16")
-    return folder, Path(facts["path"])
-
-
 def assert_one_sentence(message: str) -> None:
     assert "\n" not in message and "Traceback" not in message and message.count(". ") == 0, message
 
@@ -86,10 +77,10 @@ def test_missing_converter_names_the_setup_command_in_one_sentence(tmp_path, mon
 
 @needs_llamacpp
 @needs_converter
-def test_lora_gguf_on_the_base_gguf_answers_as_the_unmerged_peft_model(base_and_f16, tmp_path):
+def test_lora_gguf_on_the_base_gguf_answers_as_the_unmerged_peft_model(model_and_f16, tmp_path):
     from gguf import GGUFReader
 
-    base_dir, f16 = base_and_f16
+    base_dir, f16 = model_and_f16
     adapter = make_adapter(base_dir, tmp_path / "adapter")
     out = tmp_path / "gguf" / "adapter-f16.gguf"
 
@@ -115,11 +106,11 @@ def test_lora_gguf_on_the_base_gguf_answers_as_the_unmerged_peft_model(base_and_
 
 @needs_llamacpp
 @needs_converter
-def test_rslora_keeps_its_scale_in_llamacpp(base_and_f16, tmp_path):
+def test_rslora_keeps_its_scale_in_llamacpp(model_and_f16, tmp_path):
     """rsLoRA scales by alpha / sqrt(r), llama.cpp by alpha / r: the file carries alpha * sqrt(r)."""
     import numpy as np
 
-    base_dir, f16 = base_and_f16
+    base_dir, f16 = model_and_f16
     adapter = make_adapter(base_dir, tmp_path / "adapter", seed=4, use_rslora=True, lora_alpha=4)
     out = tmp_path / "adapter-f16.gguf"
 
@@ -136,8 +127,8 @@ def test_rslora_keeps_its_scale_in_llamacpp(base_and_f16, tmp_path):
 
 
 @needs_converter
-def test_broken_or_unsupported_adapters_fail_in_one_sentence(base_and_f16, tmp_path):
-    base_dir, _ = base_and_f16
+def test_broken_or_unsupported_adapters_fail_in_one_sentence(model_and_f16, tmp_path):
+    base_dir, _ = model_and_f16
     out = tmp_path / "out" / "adapter.gguf"
     garbage = tmp_path / "garbage"
     garbage.mkdir()
