@@ -111,7 +111,7 @@ shutil.rmtree(dest, ignore_errors=True)
 staging.rename(dest)
 PY
     then
-        log "llama.cpp's LoRA converter is in $dest"
+        log "llama.cpp's converter scripts and chat templates are in $dest"
     else
         log "note: llama.cpp's converter scripts could not be set up ($(tail -n 1 "$tmp/pip.log" 2>/dev/null));" \
             "LoRA adapters cannot be exported as GGUF until a later set-up succeeds"
