@@ -21,7 +21,7 @@ from backend.metrics import Metrics
 from backend.vocab import FINAL_STATUSES, JobStatus
 from workers import control
 from ui.common import fmt_duration, fmt_time, fmt_value, md_escape, one_line
-from ui.shared_view import SharedView, file_key
+from ui.shared_view import RefreshBudget, SharedView, file_key
 
 REFRESH_S = 2.0
 SMOOTHING = 0.6
@@ -375,6 +375,9 @@ def clone_config(job_id: str) -> dict:
 # (ui/shared_view.py); a page's own state decides only what is sent to it again.
 
 _shared = SharedView(max_age_s=REFRESH_S)
+# all open pages together refresh at most this often a second; more pages each refresh less often
+MAX_REFRESHES_PER_S = 3.0
+refresh_budget = RefreshBudget(REFRESH_S, MAX_REFRESHES_PER_S)
 
 
 @dataclass(frozen=True)
@@ -445,18 +448,20 @@ class Tick:
     clear_action: bool      # the action message is out of date: its job's status moved on
     action_for: tuple | None
     resend: tuple           # which of table / detail / log changed since this page last got them
-    sent: dict              # what this page holds now: {"table" | "detail" | "log": the text}
+    sent: dict              # what this page holds now: {"table" | "detail" | "log": the text, "interval": s}
+    interval: float | None  # the page's new refresh interval (RefreshBudget); None: unchanged
 
 
 REFRESH_FAILED = ("", "refresh failed")   # action_for of a refresh error: cleared by the next good refresh
 
 
 def plan_tick(selected: str | None, previous: dict | None, last_signature, shown_choices,
-              action_for, sent: dict | None = None) -> Tick:
+              action_for, sent: dict | None = None, page: str | None = None) -> Tick:
     """One tick as plain values (tested without a browser). Labels of the selector are redrawn whenever one
     changed (a status or a phase), not only when the set of jobs changed; an action's message ("queued again;
     it continues...") is cleared once the status it spoke of is no longer the job's status. The table, detail
     and log go to the page only when they differ from what it got last (`sent`): nothing changed, nothing sent.
+    `page` (the page's session) is counted by the refresh budget, which may give it a longer interval.
     """
     result = refresh(selected, previous, last_signature)
     notes = result.notes
@@ -473,8 +478,11 @@ def plan_tick(selected: str | None, previous: dict | None, last_signature, shown
             clear, action_for = True, None
     now = {"table": result.table_html, "detail": result.detail, "log": result.log}
     resend = tuple(name for name, text in now.items() if (sent or {}).get(name) != text)
+    interval = refresh_budget.interval(page) if page else REFRESH_S
+    now["interval"] = interval
     return Tick(result=result, notes=notes, selected=value, choices=choices, clear_action=clear,
-                action_for=action_for, resend=resend, sent=now)
+                action_for=action_for, resend=resend, sent=now,
+                interval=interval if sent is None or interval != sent.get("interval") else None)
 
 
 def action_state(job_id: str | None) -> tuple | None:
@@ -559,9 +567,10 @@ def wire(gr, tab: JobsTab, timer, clone_outputs: list, on_clone):
     """Timer refresh (+ toasts on any tab), selection, actions. `on_clone(config dict)` -> {component: value}
     for clone_outputs. Returns (tick, inputs, outputs) so the app can also run the refresh on page load."""
 
-    def tick(selected, previous, last_sig, shown_choices, action_for, sent):
+    def tick(selected, previous, last_sig, shown_choices, action_for, sent, request=None):
         try:
-            plan = plan_tick(selected, previous, last_sig, shown_choices, action_for, sent)
+            plan = plan_tick(selected, previous, last_sig, shown_choices, action_for, sent,
+                             page=getattr(request, "session_hash", None))
         except Exception as error:  # noqa: BLE001 - keep the page alive; say why once
             return {tab.statuses: previous, tab.signature: last_sig, tab.action_for: REFRESH_FAILED,
                     tab.action_status: f"⚠️ refresh failed: {one_line(error)}"}
@@ -579,11 +588,14 @@ def wire(gr, tab: JobsTab, timer, clone_outputs: list, on_clone):
             changed[tab.chart] = gr.components.plot.PlotData(type="plotly", plot=result.figure)
         parts = {"table": tab.table, "detail": tab.detail, "log": tab.log}
         changed.update({parts[name]: plan.sent[name] for name in plan.resend})
+        if plan.interval is not None:
+            changed[timer] = gr.Timer(value=plan.interval)
         return {tab.statuses: result.statuses, tab.signature: result.signature, tab.action_for: plan.action_for,
                 tab.sent: plan.sent, **changed}
 
+    tick.__annotations__["request"] = gr.Request   # Gradio passes the page's request (its session) by this hint
     outputs = [tab.table, tab.selector, tab.statuses, tab.detail, tab.chart, tab.log, tab.signature,
-               tab.action_status, tab.compare_select, tab.shown_choices, tab.action_for, tab.sent]
+               tab.action_status, tab.compare_select, tab.shown_choices, tab.action_for, tab.sent, timer]
     tick_inputs = [tab.selector, tab.statuses, tab.signature, tab.shown_choices, tab.action_for, tab.sent]
     # one refresh at a time (Gradio's default): measured with 20 pages, p95 93 ms vs 134 ms with no limit
     timer.tick(tick, tick_inputs, outputs, show_progress="hidden")

@@ -7,6 +7,7 @@ from) or it is older than max_age_s: file times are coarse, so a change they mis
 """
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -53,3 +54,37 @@ class SharedView:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+
+
+class RefreshBudget:
+    """How often each open page refreshes, so that all pages together stay within `max_per_s` refreshes a
+    second. Gradio's own work per timer event (queue join, event stream, state and component handling) is
+    about 12 ms of CPU even when the handler does nothing (bench/RESULTS.md, load), so twenty pages at the
+    base interval take a tenth of a core from the trainer, and on two cores a training step stalls whenever
+    either of its threads is interrupted. One to `max_per_s * base_s` pages refresh every `base_s`; more
+    open pages each refresh less often (20 pages at 4 a second: every 5 s). A page counts as open while it
+    refreshed within the last three intervals."""
+
+    def __init__(self, base_s: float, max_per_s: float, clock: Callable[[], float] = time.monotonic):
+        self.base_s = base_s
+        self.max_per_s = max_per_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[str, float] = {}
+        self._interval = base_s
+
+    def interval(self, page: str) -> float:
+        """Record a refresh of `page` (its session) and return the interval every page should use now."""
+        with self._lock:
+            now = self._clock()
+            self._seen[page] = now
+            horizon = now - 3 * self._interval
+            for name in [name for name, seen in self._seen.items() if seen < horizon]:
+                del self._seen[name]
+            wanted = len(self._seen) / self.max_per_s
+            self._interval = max(self.base_s, math.ceil(wanted * 2) / 2)   # in half seconds: few updates
+            return self._interval
+
+    def open_pages(self) -> int:
+        with self._lock:
+            return len(self._seen)

@@ -222,3 +222,27 @@ def test_a_password_guessing_loop_is_locked_out(locked_app):
         time.sleep(float(locked.headers["retry-after"]) + 0.2)
         assert client.post(f"{base}/login", data={"username": "admin", "password": "s3cret"}).status_code == 200
     assert time.monotonic() - started < 60
+
+
+# ------------------------------------------------------------------ 5. many open pages
+def test_many_open_pages_are_told_to_refresh_less_often(open_app):
+    """Each page's refresh runs through Gradio's queue (about 12 ms of CPU even when nothing changed), so the
+    app spreads a budget of MAX_REFRESHES_PER_S over the open pages: the ninth page at once gets a longer
+    interval on its timer, as the browser's timer takes it."""
+    from ui.jobs_tab import MAX_REFRESHES_PER_S, REFRESH_S
+
+    base, seeded, _ = open_app
+    config = httpx.get(f"{base}/config", timeout=30).json()
+    tick = next(d for d in config["dependencies"] if d.get("api_name") == "tick")
+    timer = next(c["id"] for c in config["components"] if c.get("type") == "timer")
+    at = tick["outputs"].index(timer)
+    data = [seeded["jobs"][0]] + [None] * (len(tick["inputs"]) - 1)
+    intervals = []
+    with httpx.Client() as client:
+        for _ in range(int(MAX_REFRESHES_PER_S * REFRESH_S) + 1):
+            status, done = run_in_queue(base, tick["id"], data, f"page-{uuid.uuid4().hex[:8]}",
+                                        same_origin(base), client)
+            assert status == 200 and done and done["success"], done
+            intervals.append(done["output"]["data"][at].get("value"))
+    assert intervals[0] == REFRESH_S, "a page's first refresh sets its timer"
+    assert intervals[-1] > REFRESH_S, intervals

@@ -7,7 +7,7 @@ import time
 
 from backend import jobs
 from ui import jobs_tab
-from ui.shared_view import SharedView, file_key
+from ui.shared_view import RefreshBudget, SharedView, file_key
 from tests.ui.test_jobs_handlers import make_job
 
 
@@ -121,3 +121,33 @@ def test_the_web_server_threads_run_below_the_training_priority(monkeypatch):
     assert ui_main.launch_below_training(port=7) == "the app" and seen["kwargs"] == {"port": 7}
     assert seen["server"] == min(before + 3, 19), "threads the server starts inherit the lower priority"
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before, "the worker's thread keeps its own"
+
+
+def test_the_refresh_budget_spreads_over_the_open_pages_and_recovers_when_they_close():
+    now = [0.0]
+    budget = RefreshBudget(base_s=2.0, max_per_s=4.0, clock=lambda: now[0])
+    assert [budget.interval(f"page{i}") for i in range(8)] == [2.0] * 8, "8 pages at 2 s: 4 a second"
+    assert budget.interval("page8") == 2.5, "a ninth page: 9 / 4 = 2.25 s, in half seconds"
+    for i in range(9, 20):
+        budget.interval(f"page{i}")
+    assert budget.interval("page0") == 5.0 and budget.open_pages() == 20
+    now[0] = 14.0                      # within 3 intervals (15 s): still open
+    assert budget.interval("page0") == 5.0
+    now[0] = 16.0                      # the others stopped refreshing 16 s ago: closed
+    assert budget.interval("page0") == 2.0 and budget.open_pages() == 1
+
+
+def test_a_page_gets_its_refresh_interval_once_and_again_when_it_changes(workspace, monkeypatch):
+    job = make_job("running", 3)
+    now = [0.0]
+    monkeypatch.setattr(jobs_tab, "refresh_budget", RefreshBudget(2.0, 4.0, clock=lambda: now[0]))
+    first = jobs_tab.plan_tick(job.id, None, None, None, None, None, page="a")
+    assert first.interval == 2.0, "a page's first tick sets its timer"
+    again = jobs_tab.plan_tick(job.id, first.result.statuses, first.result.signature, first.choices, None,
+                               first.sent, page="a")
+    assert again.interval is None, "unchanged: nothing sent"
+    for i in range(12):
+        jobs_tab.refresh_budget.interval(f"other{i}")
+    crowded = jobs_tab.plan_tick(job.id, again.result.statuses, again.result.signature, first.choices, None,
+                                 again.sent, page="a")
+    assert crowded.interval == 3.5, "13 pages at 4 a second"
