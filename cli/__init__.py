@@ -18,11 +18,12 @@ from cli import eval as eval_cmd
 from cli import export as export_cmd
 from cli import jobs as jobs_cmd
 from cli import models as models_cmd
+from cli import serve as serve_cmd
 from cli import train as train_cmd
 from cli import worker as worker_cmd
 
 # in the order a user meets them; a new command is one module with add_parser(subparsers), added here
-GROUPS = [data_cmd, train_cmd, jobs_cmd, chat_cmd, eval_cmd, export_cmd, models_cmd, worker_cmd]
+GROUPS = [data_cmd, train_cmd, jobs_cmd, chat_cmd, serve_cmd, eval_cmd, export_cmd, models_cmd, worker_cmd]
 
 UI_SUMMARY = "the web UI and a local worker (the default: `lorastudio` alone starts it)"
 

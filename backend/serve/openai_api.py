@@ -1,0 +1,215 @@
+"""An OpenAI-compatible API over one Engine: /v1/models, /v1/chat/completions, /v1/completions.
+
+Every refusal is OpenAI's error shape `{"error": {"message", "type", "param", "code"}}` with one sentence, so
+the `openai` client raises its matching exception (400 BadRequestError, 401 AuthenticationError, 404
+NotFoundError). A request is checked in full before a stream starts, so a streamed refusal still gets its status;
+a failure after that ends the stream with an error event. No request takes the server down.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+import uuid
+from typing import Literal
+
+import anyio
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from backend.serve.engine import Engine, Piece, Prepared, ServeError
+
+log = logging.getLogger("lorastudio")
+
+KINDS = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[dict]
+
+
+class Sampling(BaseModel):
+    """The decoding parameters both endpoints take; others OpenAI defines are accepted and ignored."""
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    stream: bool = False
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = 1
+    stream_options: dict | None = None
+
+
+class ChatRequest(Sampling):
+    messages: list[ChatMessage]
+    max_completion_tokens: int | None = None     # the newer name of max_tokens
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str]
+
+
+def error_body(message: str, status: int, param: str | None = None, code: str | None = None,
+               kind: str | None = None) -> dict:
+    return {"error": {"message": message, "type": kind or KINDS.get(status, "server_error"), "param": param,
+                      "code": code}}
+
+
+def build_api(engine: Engine, api_key: str | None = None) -> FastAPI:
+    app = FastAPI(title="LoRA Studio OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
+
+    def require_key(request: Request) -> None:
+        if api_key is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+            raise ServeError("a valid API key is required: send it as 'Authorization: Bearer KEY'",
+                             status=401, code="invalid_api_key", kind="authentication_error")
+
+    @app.exception_handler(ServeError)
+    async def serve_error(_, error: ServeError):
+        return JSONResponse(error_body(str(error), error.status, error.param, error.code, error.kind),
+                            status_code=error.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_, error: RequestValidationError):
+        first = error.errors()[0] if error.errors() else {}
+        where = [str(part) for part in first.get("loc", ()) if part != "body"]
+        message = f"{'.'.join(where) or 'the request body'}: {first.get('msg', 'is not valid').lower()}"
+        return JSONResponse(error_body(message, 400, where[0] if where else None, "invalid_value"), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_, error: HTTPException):
+        return JSONResponse(error_body(str(error.detail), error.status_code), status_code=error.status_code)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_, error: Exception):   # logged with its traceback; the server keeps serving
+        log.exception("serve: request failed")
+        return JSONResponse(error_body(f"the server failed on this request: {_one_line(error)}", 500), 500)
+
+    @app.get("/v1/models", dependencies=[Depends(require_key)])
+    def list_models():
+        created = int(time.time())
+        data = [{"id": engine.model_name, "object": "model", "created": created, "owned_by": "lorastudio",
+                 "parent": None}]
+        data += [{"id": job_id, "object": "model", "created": created, "owned_by": "lorastudio",
+                  "parent": engine.model_name} for job_id in engine.usable_adapters()]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
+    def chat_completions(body: ChatRequest):
+        messages = [{"role": m.role, "content": _text(m.content)} for m in body.messages]
+        if not messages:
+            raise ServeError("messages must hold at least one message", param="messages")
+        max_tokens = body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens
+        prepared = _prepare(engine, body, messages=messages, max_tokens=max_tokens)
+        return _respond(engine, prepared, body, chat=True)
+
+    @app.post("/v1/completions", dependencies=[Depends(require_key)])
+    def completions(body: CompletionRequest):
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if len(prompts) != 1:
+            raise ServeError("prompt must be one string: send one request per prompt", param="prompt")
+        return _respond(engine, _prepare(engine, body, prompt=prompts[0], max_tokens=body.max_tokens), body,
+                        chat=False)
+
+    return app
+
+
+def _prepare(engine: Engine, body: Sampling, max_tokens: int | None, **prompt) -> Prepared:
+    if body.n != 1:
+        raise ServeError(f"n must be 1 on this server (one answer per request), not {body.n}", param="n")
+    return engine.prepare(body.model, temperature=body.temperature, top_p=body.top_p, max_tokens=max_tokens,
+                          stop=body.stop, seed=body.seed, **prompt)
+
+
+def _respond(engine: Engine, prepared: Prepared, body: Sampling, chat: bool):
+    ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+    shape = _Shape(ident, int(time.time()), body.model, chat)
+    if not body.stream:
+        return shape.whole(engine.complete(prepared))
+    usage = bool((body.stream_options or {}).get("include_usage"))
+    return StreamingResponse(_events(engine.stream(prepared), shape, usage), media_type="text/event-stream")
+
+
+async def _events(pieces, shape: "_Shape", usage: bool):
+    """SSE events from the engine's stream; each step runs in a thread (generation blocks), and the stream is
+    closed when the client goes away, which stops the generation and frees the engine's lock."""
+    try:
+        if shape.chat:
+            yield _event(shape.chunk({"role": "assistant", "content": ""}))
+        while True:
+            piece = await run_in_threadpool(next, pieces, None)
+            if piece is None:
+                break
+            if piece.delta:
+                yield _event(shape.chunk({"content": piece.delta} if shape.chat else piece.delta))
+            if piece.done:
+                yield _event(shape.chunk({} if shape.chat else "", piece.finish_reason))
+                if usage:
+                    yield _event({**shape.chunk({}), "choices": [], "usage": _usage(piece)})
+    except Exception as error:  # noqa: BLE001 - the status is sent already: tell the client in the stream
+        log.exception("serve: stream failed")
+        yield _event(error_body(f"the server failed on this request: {_one_line(error)}", 500))
+    finally:
+        with anyio.CancelScope(shield=True):   # also when the client went away and this task is cancelled
+            await run_in_threadpool(pieces.close)
+    yield "data: [DONE]\n\n"
+
+
+class _Shape:
+    """OpenAI's response objects for one request (chat.completion / text_completion and their chunks)."""
+
+    def __init__(self, ident: str, created: int, model: str, chat: bool):
+        self.ident, self.created, self.model, self.chat = ident, created, model, chat
+
+    def _head(self, kind: str) -> dict:
+        return {"id": self.ident, "object": kind, "created": self.created, "model": self.model,
+                "system_fingerprint": None}
+
+    def whole(self, piece: Piece) -> dict:
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": piece.text},
+                      "finish_reason": piece.finish_reason, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": piece.text, "finish_reason": piece.finish_reason, "logprobs": None}
+        return {**self._head("chat.completion" if self.chat else "text_completion"), "choices": [choice],
+                "usage": _usage(piece)}
+
+    def chunk(self, delta, finish_reason: str | None = None) -> dict:
+        if self.chat:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+            return {**self._head("chat.completion.chunk"), "choices": [choice]}
+        choice = {"index": 0, "text": delta, "finish_reason": finish_reason, "logprobs": None}
+        return {**self._head("text_completion"), "choices": [choice]}
+
+
+def _usage(piece: Piece) -> dict:
+    return {"prompt_tokens": piece.prompt_tokens, "completion_tokens": piece.completion_tokens,
+            "total_tokens": piece.prompt_tokens + piece.completion_tokens}
+
+
+def _event(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+def _text(content: str | list[dict]) -> str:
+    """A message's text; OpenAI's content parts are accepted when they are text."""
+    if isinstance(content, str):
+        return content
+    if not all(part.get("type") == "text" and isinstance(part.get("text"), str) for part in content):
+        raise ServeError("message content parts must be text: this server serves text models only", param="messages")
+    return "".join(part["text"] for part in content)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
