@@ -1,7 +1,7 @@
 """Where everything the app writes lives: $LORASTUDIO_HOME (default ~/.lorastudio).
 
 Layout (a contract, see docs/ARCHITECTURE.md):
-    studio.db, queue.db, models/<name>/, datasets/<id>/, runs/<job_id>/, exports/<job_id>/, presets/
+    studio.db, queue.db, models/<name>/, datasets/<id>/, runs/<job_id>/, exports/<job_id>/, presets/, serve/
 """
 from __future__ import annotations
 
@@ -33,6 +33,11 @@ def runs_dir() -> Path:
 
 def exports_dir() -> Path:
     return _sub("exports")
+
+
+def serve_dir() -> Path:
+    """The API server started from the app: its state file and log."""
+    return _sub("serve")
 
 
 def user_presets_dir() -> Path:

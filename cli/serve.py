@@ -25,6 +25,9 @@ def add_parser(subparsers) -> None:
                         help="jobs whose adapters are loaded at start (others load on first use)")
     parser.add_argument("--max-adapters", type=int, default=DEFAULT_MAX_ADAPTERS,
                         help=f"adapters kept in memory, least recently used evicted (default {DEFAULT_MAX_ADAPTERS})")
+    parser.add_argument("--allowed-hosts", default=None, metavar="NAMES",
+                        help="comma-separated host names clients may use besides this machine's (a reverse proxy's "
+                             "name); default $LORASTUDIO_ALLOWED_HOSTS")
     parser.add_argument("--api-key", default=os.environ.get("LORASTUDIO_API_KEY"),
                         help="clients must send 'Authorization: Bearer KEY' (default: $LORASTUDIO_API_KEY)")
     parser.set_defaults(handler=run)
@@ -47,6 +50,7 @@ def run(args) -> int:
         return 2
     import uvicorn
 
+    from backend.hosts import allowed_hosts, parse_allowed_hosts
     from backend.serve.engine import Engine
     from backend.serve.openai_api import build_api
 
@@ -54,5 +58,6 @@ def run(args) -> int:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     engine = Engine(args.model, preload=args.adapters, max_adapters=args.max_adapters)
     print(f"serving {engine.model_name} on http://{args.host}:{args.port}/v1", flush=True)
-    uvicorn.run(build_api(engine, args.api_key), host=args.host, port=args.port, log_level="info")
+    allowed = allowed_hosts(args.host) | parse_allowed_hosts(args.allowed_hosts)
+    uvicorn.run(build_api(engine, args.api_key, allowed), host=args.host, port=args.port, log_level="info")
     return 0

@@ -1,10 +1,7 @@
 """The web server's front door: an ASGI middleware in front of Gradio that every request passes first.
 
 What it refuses, each with one sentence and no work done:
-- **a Host that is not this server's** (DNS rebinding: a page on evil.example whose name now resolves to
-  127.0.0.1 sends `Host: evil.example`). Allowed: the loopback names, the bound address, and when bound to
-  all interfaces this machine's own names and addresses; anything else only through `--allowed-hosts`.
-  Jupyter (allow_remote_access) and Ollama (its allowed-hosts check on a loopback bind) do the same.
+- **a Host that is not this server's** (DNS rebinding; the policy is backend/hosts.py's).
 - **a cross-origin request that could change state**: any request whose `Origin` is not this server's own
   origin (or an allowed host's), a non-GET without Origin that the browser marks cross-site
   (`Sec-Fetch-Site`), and `Origin: null` (sandboxed frames, file:// pages).
@@ -19,10 +16,8 @@ Plain Starlette; the policy functions are pure and tested without a server.
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,70 +25,15 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import unquote, urlsplit
 
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
-WILDCARD_BINDS = frozenset({"0.0.0.0", "::", ""})
+# the Host policy is shared with the OpenAI-compatible API; named here too, where the tests and ui/app.py use it
+from backend.hosts import allowed_hosts, host_allowed, host_name, machine_names, parse_allowed_hosts  # noqa: F401
+
 NAMED_API_PREFIXES = ("/gradio_api/call/", "/gradio_api/run/", "/gradio_api/api/", "/call/", "/run/", "/api/")
 # the page's own route for events that skip the queue (fn_index + session, like queue/join): not a named API
 UI_EVENT_PATHS = frozenset({"/gradio_api/run/predict", "/run/predict"})
 FILE_PREFIXES = ("/gradio_api/file=", "/gradio_api/file/", "/file=", "/file/")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LOCKOUT_CAP_S = 300.0
-
-
-def host_name(netloc: str) -> str:
-    """The host part of a Host header or URL netloc, lower case, without port or brackets."""
-    netloc = netloc.strip().lower().rpartition("@")[2]
-    if netloc.startswith("["):
-        return netloc[1:].partition("]")[0]
-    if netloc.count(":") > 1:            # a bare IPv6 address
-        return netloc
-    return netloc.partition(":")[0].rstrip(".")
-
-
-def machine_names() -> set[str]:
-    """This machine's hostname, its fully qualified name, and the addresses of its interfaces."""
-    names = {socket.gethostname().lower(), socket.getfqdn().lower()}
-    try:
-        import psutil
-        for addresses in psutil.net_if_addrs().values():
-            names.update(a.address.partition("%")[0].lower() for a in addresses
-                         if a.family in (socket.AF_INET, socket.AF_INET6))
-    except Exception:  # noqa: BLE001 - a machine that hides its interfaces still has its names
-        pass
-    return {n for n in names if n}
-
-
-def allowed_hosts(bound: str) -> frozenset[str]:
-    """The host names a request may carry: loopback, the bound address, and this machine's own names and
-    addresses when bound to all interfaces. The user's own (`--allowed-hosts`) come on top, as `trusted`."""
-    hosts = set(LOOPBACK_NAMES)
-    bound = host_name(bound) if bound not in WILDCARD_BINDS else bound
-    if bound in WILDCARD_BINDS:
-        hosts |= machine_names()
-    else:
-        hosts.add(bound)
-    return frozenset(hosts)
-
-
-def parse_allowed_hosts(text: str | None) -> frozenset[str]:
-    """`--allowed-hosts a.example,b.example` (or LORASTUDIO_ALLOWED_HOSTS) -> host names; `*` allows any
-    host and origin, which turns both checks off."""
-    text = text if text is not None else os.environ.get("LORASTUDIO_ALLOWED_HOSTS", "")
-    return frozenset("*" if part.strip() == "*" else host_name(part)
-                     for part in (text or "").split(",") if part.strip())
-
-
-def host_allowed(host: str, allowed: frozenset[str]) -> bool:
-    name = host_name(host)
-    if "*" in allowed or name in allowed:
-        return True
-    # *.localhost always resolves to loopback in browsers (RFC 6761), so it cannot be rebound
-    if name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def origin_problem(method: str, headers: dict[str, str], trusted: frozenset[str] = frozenset()) -> str | None:

@@ -2,13 +2,14 @@
 
 An adapter is loaded on first use with peft's `load_adapter` under its model id (the job id, or
 `JOB@checkpoint-N` for a job's complete checkpoint), kept in an LRU of `max_adapters`, and evicted with
-`delete_adapter`; the base is never loaded twice. The base answers through `disable_adapter()` on the same
-weights. Answers come from `backend.serve.chat.stream_answer`, so a chat answer equals the playground's for the
-same settings. One lock serialises generation for now; a request is prepared (model resolved, prompt counted,
-settings checked) apart from its generation, so a later batching scheduler can take prepared requests.
+`delete_adapter`; the base is never loaded twice. The base answers on the same weights, as peft's "__base__"
+row of a batch. A request is prepared (model resolved, prompt tokenized, settings checked) apart from its generation;
+`stream` hands it to the batching scheduler (backend/serve/batching.py), which runs concurrent requests for
+different adapters and the base in one `generate` call with peft's per-row `adapter_names`. Generation uses the
+playground's settings, template and text streaming, so a chat answer equals the playground's (greedy).
 
 It records, for a later Serve tab, each adapter's load time and weight bytes and each request's latency and
-token counts (`Engine.stats()`).
+token counts, and how many batches ran at each size (`Engine.stats()`).
 """
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ from pathlib import Path
 from backend import jobs, models
 from backend.jobs.checkpoints import COMPLETE_MARKER, latest_complete_checkpoint
 from backend.models import adapters, methods
-from backend.serve.chat import GenerationSettings, conversation, stream_answer
+from backend.serve.chat import GenerationSettings, conversation
 
 log = logging.getLogger("lorastudio")
 
 DEFAULT_MAX_ADAPTERS = 4
+DEFAULT_MAX_BATCH = 8         # requests in one generate call
+TOKENIZERS_KEPT = 16          # tokenizers of adapters not in memory, kept for prepare()
 DEFAULT_MAX_TOKENS = 512      # when a request names none (and the context leaves that much room)
 MAX_STOPS = 4                 # as OpenAI's API
 RECENT_REQUESTS = 1000        # request records kept for the Serve tab
@@ -74,6 +77,9 @@ class Prepared:
     stops: list[str]
     messages: list[dict] | None = None   # a chat request
     prompt: str | None = None            # a raw completion
+    input_ids: list[int] = field(default_factory=list)   # the prompt as the model reads it
+    seeded: bool = False                 # the client named a seed (a sampled request then runs alone)
+    mixable: bool = True                 # may share a batch with other adapters (not DoRA: peft refuses)
 
 
 @dataclass
@@ -89,14 +95,15 @@ class Piece:
 
 class Engine:
     def __init__(self, model: str | None = None, preload: list[str] | tuple[str, ...] = (),
-                 max_adapters: int = DEFAULT_MAX_ADAPTERS):
-        if max_adapters < 1:
-            raise ServeError(f"max_adapters must be at least 1, not {max_adapters}")
+                 max_adapters: int = DEFAULT_MAX_ADAPTERS, max_batch: int = DEFAULT_MAX_BATCH):
+        if max_adapters < 1 or max_batch < 1:
+            raise ServeError(f"max_adapters and max_batch must be at least 1, not {max_adapters} and {max_batch}")
         self.max_adapters = max_adapters
-        # one generation or adapter change at a time (adapters are model-wide); a plain Lock, as a stream's
-        # steps may run on different threads of the web server's pool
+        # guards the bookkeeping below, read by request threads; the model itself is only ever touched by the
+        # scheduler's thread (and by __init__ before it starts), so no lock is held across a generation
         self.lock = threading.Lock()
         self.loaded: OrderedDict[str, LoadedAdapter] = OrderedDict()   # least recently used first
+        self.tokenizers: OrderedDict[str, object] = OrderedDict()      # of adapters prepared but not loaded
         self.load_counts: Counter[str] = Counter()
         self.requests: deque[RequestRecord] = deque(maxlen=RECENT_REQUESTS)
         first = [self._source_for(name) for name in preload]
@@ -110,10 +117,19 @@ class Engine:
         self.base_tokenizer = models.load_tokenizer(self.model_name)
         self.max_positions = int(getattr(self.base.config, "max_position_embeddings", 0)
                                  or self.base_tokenizer.model_max_length)
+        self.scheduler = None
         for name, _ in first:
             self.resolve(name)          # refuses an adapter of another base before anything is served
-            with self.lock:
-                self._ensure(name)
+            self._ensure(name)
+        from backend.serve.batching import Scheduler   # here: `lorastudio --help` imports this module
+
+        generation = self.base.generation_config
+        eos = generation.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        pad_id = self.base_tokenizer.pad_token_id
+        pad_id = pad_id if pad_id is not None else next(iter(eos_ids), 0)   # masked out: any id does
+        self.scheduler = Scheduler(self._model_for, self._fits, pad_id, eos_ids, max_batch=max_batch,
+                                   max_adapters=max_adapters)
 
     # ------------------------------------------------------------ models
 
@@ -198,13 +214,48 @@ class Engine:
         label = f"{checkpoint} (job {job.status})"
         return job.id, adapters.AdapterSource(job.id, folder, label, job.config, job.status)
 
+    def _model_for(self, rows) -> tuple[object, list[str] | None]:
+        """On the scheduler's thread, before a batch: its adapters loaded; the model and its per-row adapter names
+        (None: no adapter was ever loaded, or the batch is one DoRA adapter's, which runs as the active one)."""
+        names = {row.request.adapter for row in rows if row.request.adapter}
+        for name in names:
+            self._ensure(name).requests += sum(row.request.adapter == name for row in rows)
+        if self.peft is None:
+            return self.base, None
+        if not rows[0].request.mixable:
+            self.peft.set_adapter(rows[0].request.adapter)
+            return self.peft, None
+        return self.peft, [row.adapter_row_name for row in rows]
+
+    def _fits(self, rows) -> bool:
+        """Whether left-padded prompts and the longest answer fit the context together."""
+        longest_prompt = max(len(row.request.input_ids) for row in rows)
+        return longest_prompt + max(row.request.settings.max_new_tokens for row in rows) <= self.max_positions
+
+    def _tokenizer(self, name: str):
+        """An adapter's tokenizer for prepare(), without loading its weights (that is the scheduler's thread's)."""
+        with self.lock:
+            entry = self.loaded.get(name)
+            if entry is not None:
+                return entry.tokenizer
+            if name in self.tokenizers:
+                self.tokenizers.move_to_end(name)
+                return self.tokenizers[name]
+        tokenizer = adapters.load_tokenizer(self._source_for(name)[1])
+        with self.lock:
+            self.tokenizers[name] = tokenizer
+            while len(self.tokenizers) > TOKENIZERS_KEPT:
+                self.tokenizers.popitem(last=False)
+        return tokenizer
+
     def _ensure(self, name: str) -> LoadedAdapter:
-        """The adapter loaded and most recently used; loads it (evicting the least recently used) when needed.
-        Call with the lock held."""
-        entry = self.loaded.get(name)
-        if entry is not None:   # a final adapter or a complete checkpoint never changes: no need to look again
-            self.loaded.move_to_end(name)
-            return entry
+        """The adapter loaded and most recently used; loads it (evicting the least recently used that no queued or
+        running request uses) when needed. Only on the scheduler's thread, or in __init__ before it starts."""
+        with self.lock:
+            entry = self.loaded.get(name)
+            if entry is not None:   # a final adapter or a complete checkpoint never changes: no need to look again
+                self.loaded.move_to_end(name)
+                return entry
         _, source = self._source_for(name)
         started = time.perf_counter()
         if self.peft is None:
@@ -214,18 +265,27 @@ class Engine:
         else:
             self.peft.load_adapter(str(source.path), adapter_name=name)
         self.peft.eval()
-        entry = LoadedAdapter(name, source, adapters.load_tokenizer(source),
+        with self.lock:
+            tokenizer = self.tokenizers.pop(name, None)
+        entry = LoadedAdapter(name, source, tokenizer or adapters.load_tokenizer(source),
                               (time.perf_counter() - started) * 1000, self._weight_bytes(name))
-        self.loaded[name] = entry
-        self.load_counts[name] += 1
+        with self.lock:
+            self.loaded[name] = entry
+            self.load_counts[name] += 1
         log.info("serve: loaded adapter %s (%s) in %.0f ms", name, source.label, entry.load_ms)
-        # evicted after the new one is in: peft cannot disable adapters on a model that has none left
-        while len(self.loaded) > self.max_adapters:
-            self._evict(next(iter(self.loaded)))
+        # evicted after the new one is in: peft cannot disable adapters on a model that has none left. Adapters
+        # that waiting or running requests use stay, even past max_adapters for a while: evicting one would only
+        # load it again for them (a batch itself holds at most max_adapters)
+        in_use = self.scheduler.adapters_in_use() if self.scheduler else set()
+        for old in [old for old in self.loaded if old != name and old not in in_use]:
+            if len(self.loaded) <= self.max_adapters:
+                break
+            self._evict(old)
         return entry
 
     def _evict(self, name: str) -> None:
-        del self.loaded[name]     # only ever with another adapter still loaded (see _ensure)
+        with self.lock:
+            del self.loaded[name]     # only ever with another adapter still loaded (see _ensure)
         if self.peft.active_adapter == name:
             self.peft.set_adapter(next(reversed(self.loaded)))
         self.peft.delete_adapter(name)
@@ -242,8 +302,8 @@ class Engine:
                 stop: str | list[str] | None = None, seed: int | None = None) -> Prepared:
         """Check a request before anything is generated (every refusal is a ServeError)."""
         adapter = self.resolve(model_id)
-        with self.lock:
-            tokenizer = self._ensure(adapter).tokenizer if adapter else self.base_tokenizer
+        tokenizer = self._tokenizer(adapter) if adapter else self.base_tokenizer
+        mixable = not (adapter and methods.spec(self._source_for(adapter)[1].config.method).dora)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if len(stops) > MAX_STOPS or not all(stops):
             raise ServeError(f"stop takes at most {MAX_STOPS} non-empty strings", param="stop")
@@ -252,11 +312,11 @@ class Engine:
                                       seed=42 if seed is None else seed,
                                       max_new_tokens=1 if max_tokens is None else max_tokens)
         if messages is not None:
-            encoded = tokenizer.apply_chat_template(conversation(messages, settings), add_generation_prompt=True,
-                                                    return_dict=True)
-            prompt_tokens = len(encoded["input_ids"])
+            input_ids = list(tokenizer.apply_chat_template(conversation(messages, settings),
+                                                           add_generation_prompt=True, return_dict=True)["input_ids"])
         else:
-            prompt_tokens = len(tokenizer(prompt)["input_ids"])
+            input_ids = list(tokenizer(prompt)["input_ids"])
+        prompt_tokens = len(input_ids)
         room = self.max_positions - prompt_tokens
         if max_tokens is None:
             settings.max_new_tokens = min(DEFAULT_MAX_TOKENS, max(room, 1))
@@ -271,41 +331,41 @@ class Engine:
                              f"{prompt_tokens} and max_tokens asks for {settings.max_new_tokens} more; shorten the "
                              "prompt or lower max_tokens", param="messages" if messages is not None else "prompt",
                              code="context_length_exceeded")
-        return Prepared(model_id, adapter, tokenizer, settings, prompt_tokens, stops, messages, prompt)
+        return Prepared(model_id, adapter, tokenizer, settings, prompt_tokens, stops, messages, prompt, input_ids,
+                        seeded=seed is not None, mixable=mixable)
 
     def stream(self, request: Prepared):
-        """Yield Pieces as the answer grows (the last has done=True); ends early at a stop string."""
+        """Yield Pieces as the answer grows (the last has done=True); ends early at a stop string. Closing the
+        generator (a client that left) cancels the request's row in its batch at once."""
+        from backend.serve.batching import FINISHED
+
         started = time.perf_counter()
         record = RequestRecord(request.model_id, request.prompt_tokens, 0, 0.0, None, "aborted")
-        emitted, text, latest, cut = 0, "", "", None
-        chat = request.messages is not None
+        emitted, raw, text, cut = 0, "", "", None
+        row = self.scheduler.submit(request)
         try:
-            with self.lock:
-                if request.adapter:     # loaded again if another request evicted it since prepare()
-                    self._ensure(request.adapter).requests += 1
-                    self.peft.set_adapter(request.adapter)
-                model = self.base if self.peft is None else self.peft
-                generate = stream_answer if chat else stream_prompt
-                source = request.messages if chat else request.prompt
-                stats = None
-                for stats in generate(model, request.tokenizer, source, request.settings,
-                                      use_adapter=request.adapter is not None):
-                    if record.first_token_s is None and stats.tokens:
-                        record.first_token_s = time.perf_counter() - started
-                    latest = latest if stats.done else stats.text   # the last one is stripped: keep the raw
-                    # a chat answer is stripped as the playground's; stream only what that answer will keep
-                    text = latest.strip() if chat else latest
-                    cut = _first_stop(text, request.stops)
-                    if cut is not None:
-                        text, stats.done = text[:cut], True
-                    elif not stats.done:
-                        text = text[:max(emitted, len(text) - _longest(request.stops) + 1)] if request.stops else text
-                    if stats.done:
-                        break
-                    if len(text) > emitted:
-                        yield Piece(text[emitted:])
-                        emitted = len(text)
-            record.completion_tokens = stats.tokens if stats else 0
+            while cut is None:
+                event = row.events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                if event is FINISHED:
+                    break
+                raw += event
+                # a chat answer is stripped as the playground's; stream only what that answer will keep
+                text = raw.strip() if request.messages is not None else raw
+                cut = _first_stop(text, request.stops)
+                if cut is not None:
+                    text = text[:cut]
+                    break
+                # a stop string may be arriving: hold back what could be its start
+                shown = text[:max(emitted, len(text) - _longest(request.stops) + 1)] if request.stops else text
+                if len(shown) > emitted:
+                    yield Piece(shown[emitted:])
+                    emitted = len(shown)
+            row.cancel()     # a cut answer needs no more tokens
+            record.completion_tokens = len(row.tokens)
+            if row.first_token_at is not None:
+                record.first_token_s = row.first_token_at - started
             stopped = cut is not None or record.completion_tokens < request.settings.max_new_tokens
             record.finish_reason = "stop" if stopped else "length"
             yield Piece(text[emitted:], True, text, record.finish_reason, request.prompt_tokens,
@@ -314,8 +374,13 @@ class Engine:
             record.finish_reason = "error"
             raise
         finally:
+            row.cancel()     # also when the client left: its row stops at the batch's next step
             record.seconds = time.perf_counter() - started
             self.requests.append(record)
+
+    def close(self) -> None:
+        """Stop the scheduler's thread (it holds this engine, and with it the model, while it runs)."""
+        self.scheduler.close()
 
     def complete(self, request: Prepared) -> Piece:
         """The whole answer (the last Piece of the stream)."""
@@ -326,25 +391,14 @@ class Engine:
 
     def stats(self) -> dict:
         """What a Serve tab shows: the base, the adapters in memory (least recently used first), recent requests."""
+        with self.lock:
+            loaded = [{"name": e.name, "label": e.source.label, "load_ms": e.load_ms, "weight_bytes": e.weight_bytes,
+                       "requests": e.requests, "loads": self.load_counts[e.name]} for e in self.loaded.values()]
         return {"model": self.model_name, "base_load_ms": self.base_load_ms, "max_adapters": self.max_adapters,
-                "adapters": [{"name": e.name, "label": e.source.label, "load_ms": e.load_ms,
-                              "weight_bytes": e.weight_bytes, "requests": e.requests, "loads": self.load_counts[e.name]}
-                             for e in self.loaded.values()],
-                "requests": [asdict(record) for record in self.requests]}
-
-
-def stream_prompt(model, tokenizer, prompt: str, settings: GenerationSettings, use_adapter: bool = True):
-    """stream_answer for a raw prompt: the same generation, with the prompt tokenized as it is instead of
-    through the chat template."""
-    class RawPrompt:
-        def __getattr__(self, name):
-            return getattr(tokenizer, name)
-
-        def apply_chat_template(self, messages, **kwargs):
-            return tokenizer(messages[-1]["content"], return_tensors="pt")
-
-    yield from stream_answer(model, RawPrompt(), [{"role": "user", "content": prompt}], settings,
-                             use_adapter=use_adapter)
+                "adapters": loaded, "requests": [asdict(record) for record in list(self.requests)],
+                # how many generate calls ran with each number of requests in them
+                "batches": {"count": sum(self.scheduler.batch_sizes.values()),
+                            "sizes": dict(sorted(self.scheduler.batch_sizes.items()))}}
 
 
 def _first_stop(text: str, stops: list[str]) -> int | None:

@@ -22,11 +22,13 @@ from pydantic import BaseModel, ConfigDict
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from backend.hosts import allowed_hosts, host_allowed, host_name
 from backend.serve.engine import Engine, Piece, Prepared, ServeError
 
 log = logging.getLogger("lorastudio")
 
-KINDS = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error"}
+KINDS = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+         404: "not_found_error"}
 
 
 class ChatMessage(BaseModel):
@@ -63,8 +65,23 @@ def error_body(message: str, status: int, param: str | None = None, code: str | 
                       "code": code}}
 
 
-def build_api(engine: Engine, api_key: str | None = None) -> FastAPI:
+def build_api(engine: Engine, api_key: str | None = None, allowed: frozenset[str] | None = None) -> FastAPI:
+    """`allowed`: the host names requests may carry (backend.hosts.allowed_hosts of the bound address, plus the
+    user's --allowed-hosts); by default those of a loopback bind."""
     app = FastAPI(title="LoRA Studio OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
+    allowed = allowed_hosts("127.0.0.1") if allowed is None else allowed
+
+    @app.middleware("http")
+    async def check_host(request: Request, call_next):
+        # DNS rebinding: a web page whose name now resolves to this machine would reach the API as its own
+        # origin; an API key stops it too, but the default loopback server has none
+        host = request.headers.get("host", "")
+        if not host_allowed(host, allowed):
+            sentence = (f"requests for host '{host_name(host)}' are refused: this server answers to "
+                        f"{', '.join(sorted(allowed - {'*'}))[:200]}; start it with --allowed-hosts "
+                        f"{host_name(host) or 'NAME'} to allow that name")
+            return JSONResponse(error_body(sentence, 403, code="host_not_allowed"), status_code=403)
+        return await call_next(request)
 
     def require_key(request: Request) -> None:
         if api_key is None:
@@ -94,6 +111,10 @@ def build_api(engine: Engine, api_key: str | None = None) -> FastAPI:
     async def unexpected(_, error: Exception):   # logged with its traceback; the server keeps serving
         log.exception("serve: request failed")
         return JSONResponse(error_body(f"the server failed on this request: {_one_line(error)}", 500), 500)
+
+    @app.get("/studio/stats", dependencies=[Depends(require_key)])
+    def studio_stats():   # what the app's Serve tab shows: the base, adapters in memory, recent requests
+        return engine.stats()
 
     @app.get("/v1/models", dependencies=[Depends(require_key)])
     def list_models():
