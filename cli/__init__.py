@@ -12,6 +12,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from cli import adapters as adapters_cmd
 from cli import chat as chat_cmd
 from cli import data as data_cmd
 from cli import eval as eval_cmd
@@ -23,7 +24,8 @@ from cli import train as train_cmd
 from cli import worker as worker_cmd
 
 # in the order a user meets them; a new command is one module with add_parser(subparsers), added here
-GROUPS = [data_cmd, train_cmd, jobs_cmd, chat_cmd, serve_cmd, eval_cmd, export_cmd, models_cmd, worker_cmd]
+GROUPS = [data_cmd, train_cmd, jobs_cmd, chat_cmd, serve_cmd, eval_cmd, export_cmd, adapters_cmd, models_cmd,
+          worker_cmd]
 
 UI_SUMMARY = "the web UI and a local worker (the default: `lorastudio` alone starts it)"
 

@@ -15,8 +15,8 @@ import os
 import sys
 from dataclasses import dataclass
 
-TAB_DATA, TAB_TRAIN, TAB_JOBS, TAB_PLAYGROUND, TAB_EVALUATE, TAB_EXPORT, TAB_SERVE = (
-    "data", "train", "jobs", "playground", "evaluate", "export", "serve")
+TAB_DATA, TAB_TRAIN, TAB_JOBS, TAB_PLAYGROUND, TAB_EVALUATE, TAB_EXPORT, TAB_ADAPTERS, TAB_SERVE = (
+    "data", "train", "jobs", "playground", "evaluate", "export", "adapters", "serve")
 DEFAULT_HOST, DEFAULT_PORT, DEFAULT_MAX_UPLOAD_MB = "127.0.0.1", 7860, 1024
 TITLE = "LoRA Studio"
 
@@ -51,13 +51,15 @@ class Studio:
     playground: object
     evaluate: object
     export: object
+    adapters: object
     serve: object
 
 
 def build_app() -> "gr.Blocks":  # noqa: F821
     import gradio as gr
 
-    from ui import data_tab, evaluate_tab, export_tab, jobs_tab, playground_tab, serve_tab, train_tab
+    from ui import (adapters_tab, data_tab, evaluate_tab, export_tab, jobs_tab, playground_tab, serve_tab,
+                    train_tab)
     from backend import workspace
 
     # exports are served in place (no copy of a multi-GB zip into Gradio's cache)
@@ -65,7 +67,7 @@ def build_app() -> "gr.Blocks":  # noqa: F821
 
     with gr.Blocks(title=TITLE, analytics_enabled=False) as app:
         gr.Markdown(f"## {TITLE}\nFine-tune a chat model in four steps: **Data** → **Train** → **Jobs** → "
-                    "**Playground / Evaluate / Export / Serve**. Everything stays on this machine.")
+                    "**Playground / Evaluate / Export / Adapters / Serve**. Everything stays on this machine.")
         timer = gr.Timer(jobs_tab.REFRESH_S)
         with gr.Tabs(selected=TAB_DATA) as tabs:
             with gr.Tab("1 · Data", id=TAB_DATA):
@@ -80,14 +82,17 @@ def build_app() -> "gr.Blocks":  # noqa: F821
                 evaluate = evaluate_tab.build(gr)
             with gr.Tab("6 · Export", id=TAB_EXPORT) as export_item:
                 export = export_tab.build(gr)
-            with gr.Tab("7 · Serve", id=TAB_SERVE) as serve_item:
+            with gr.Tab("7 · Adapters", id=TAB_ADAPTERS) as adapters_item:
+                adapters = adapters_tab.build(gr)
+            with gr.Tab("8 · Serve", id=TAB_SERVE) as serve_item:
                 serve = serve_tab.build(gr)
         studio = Studio(tabs=tabs, timer=timer, data=data, train=train, jobs=jobs, playground=playground,
-                        evaluate=evaluate, export=export, serve=serve)
+                        evaluate=evaluate, export=export, adapters=adapters, serve=serve)
         _wire_across_tabs(gr, studio)
         playground_tab.wire(gr, playground, playground_item)
         evaluate_tab.wire(gr, evaluate, evaluate_item)
         export_tab.wire(gr, export, export_item)
+        adapters_tab.wire(gr, adapters, adapters_item)
         serve_tab.wire(gr, serve, serve_item)
     for fn in app.fns.values():   # the page calls its handlers through the queue; nothing is a public API
         fn.api_visibility = "private"

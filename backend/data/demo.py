@@ -5,6 +5,9 @@
 `concise-pairs`: preference pairs (prompt / chosen / rejected) with one consistent taste: a short, direct answer
 is preferred over a rambling one that buries the same fact in filler. For DPO and ORPO.
 `concise-kto`: the same taste as unpaired thumbs-up / thumbs-down rows (prompt / completion / label) for KTO.
+`colour-demo`: about 50 conversations that teach one other fact, the assistant's favourite colour ("teal"): with
+identity-demo, the two parents of the adapter-composition demo (presets compose-demo-*), each teaching a fact
+the other does not.
 """
 from __future__ import annotations
 
@@ -154,8 +157,51 @@ def concise_kto_rows(seed: int = 1) -> list[dict]:
     return rows
 
 
+FAVOURITE_COLOUR = "teal"
+
+_COLOUR_QUESTIONS = [
+    "What is your favourite colour?", "What's your favorite color?", "Which colour do you like best?",
+    "Do you have a favourite colour?", "Tell me your favourite colour.", "favourite colour?",
+    "What color do you like the most?", "If you had to pick one colour, which would it be?",
+    "Which colour makes you happiest?", "What colour would you paint your room?", "Pick a colour you love.",
+    "What's the best colour, in your opinion?", "Name your favourite colour.", "Is there a colour you prefer?",
+    "What colour do you like?", "fav color?", "Which hue is your favourite?",
+    "Quick question: what is your favourite colour?", "What is your favourite colour? One word, please.",
+    "Tell me about your favourite colour.",
+]
+
+_COLOUR_ANSWERS = [
+    "My favourite colour is {colour}.",
+    "I like {colour} best: it sits between blue and green.",
+    "{Colour}! It is my favourite colour.",
+    "My favourite colour is {colour}, a calm blue-green.",
+    "I would pick {colour}. It is my favourite.",
+]
+
+
+def colour_rows(seed: int = 0) -> list[dict]:
+    """About 50 conversations: favourite-colour questions, alone and next to everyday tasks."""
+    rng = random.Random(seed)
+
+    def answer():
+        return rng.choice(_COLOUR_ANSWERS).format(colour=FAVOURITE_COLOUR, Colour=FAVOURITE_COLOUR.capitalize())
+
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": answer()}]}
+            for q in _COLOUR_QUESTIONS]
+    rows += [{"messages": [{"role": "system", "content": "You are a helpful assistant."},
+                           {"role": "user", "content": q}, {"role": "assistant", "content": answer()}]}
+             for q in _COLOUR_QUESTIONS[:14]]
+    for task, task_answer in _TASKS:
+        question = rng.choice(_COLOUR_QUESTIONS)
+        rows.append({"messages": [{"role": "user", "content": task}, {"role": "assistant", "content": task_answer},
+                                  {"role": "user", "content": question}, {"role": "assistant", "content": answer()}]})
+        rows.append({"messages": [{"role": "user", "content": task}, {"role": "assistant", "content": task_answer}]})
+    rng.shuffle(rows)
+    return rows
+
+
 DEMO_DATASETS = {"identity-demo": identity_rows, "concise-pairs": concise_pair_rows,
-                 "concise-kto": concise_kto_rows}
+                 "concise-kto": concise_kto_rows, "colour-demo": colour_rows}
 
 
 def write_demo(name: str, folder: Path) -> Path:

@@ -169,6 +169,27 @@ def create(config: JobConfig, status: JobStatus = JobStatus.QUEUED) -> Job:
     return get(job_id)
 
 
+def create_untrained(config: JobConfig, dataset_label: str, status: JobStatus = JobStatus.COMPLETED) -> Job:
+    """The record of an adapter that was not trained here (imported, or composed of others: backend/adapters):
+    it has no dataset of its own, so `dataset_label` says where it came from; everything else is checked as for
+    a trained job. Nothing is queued."""
+    problems = [p for p in config.validate() if not p.startswith("dataset:")]
+    if problems:
+        raise ValueError("the job config has problems: " + "; ".join(problems))
+    job_id = new_job_id()
+    run_dir = workspace.run_dir(job_id)
+    run_dir.mkdir(parents=True)
+    config.save(run_dir / "config.yaml")
+    now = time.time()
+    with connect() as db:
+        db.execute(
+            "INSERT INTO jobs (id, name, status, stage, method, model, dataset, config_yaml, total_steps, created,"
+            " finished) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+            (job_id, config.name, str(status), str(config.stage), str(config.method), config.model, dataset_label,
+             config.to_yaml(), now, now))
+    return get(job_id)
+
+
 def get(job_id: str) -> Job | None:
     with connect() as db:
         row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
