@@ -117,3 +117,11 @@ def test_the_parents_skills_are_scored_with_the_composition(parents):
     assert [s.loss for s in saved_skills(entry.id)] == [s.loss for s in skills]
     with pytest.raises(registry.RegistryError, match="not a composition"):
         kept_skills(parents["a"])
+
+
+def test_a_composed_adapter_exports_merged_with_the_merge_check(parents):
+    from backend.export import export_job
+    entry = compose(Composition(parents=(parents["a"], parents["b"]), weights=(0.5, 0.5), combination="linear"))
+    result = export_job(entry.id, kind="merged", dtype="float32")
+    assert result.check is not None and result.check.ok, result.check.summary()
+    assert result.zip_path.is_file()
