@@ -85,8 +85,9 @@ class AlignmentSettings:
                      "ORPO's odds-ratio weight (0.1 to 0.5), SimPO's reward scale (about 2). Preference stages want "
                      "a lower learning rate than SFT: 5e-6 to 5e-5 with LoRA.", min=0.0)
     loss_type: str = _f("sigmoid", "DPO loss: sigmoid (standard DPO), ipo (squared, less over-fitting on small data), "
-                        "hinge (SLiC), or simpo (reference-free, length-normalised; TRL's CPO trainer, beta about 2). "
-                        "ORPO and KTO ignore it.", choices=("sigmoid", "ipo", "hinge", "simpo"))
+                        "hinge (SLiC), simpo (reference-free, length-normalised; TRL's CPO trainer, beta about 2), or cpo "
+                        "(contrastive preference optimisation: reference-free, plus the chosen answer's NLL; "
+                        "beta about 0.1). ORPO and KTO ignore it.", choices=("sigmoid", "ipo", "hinge", "simpo", "cpo"))
     desirable_weight: float = _f(1.0, "KTO: loss weight of thumbs-up rows; raise it (up to about 2) when they are "
                                  "fewer than the thumbs-down rows, so desirable x weight : undesirable x weight "
                                  "stays between 1 and 4/3.", min=0.0, max=10.0)

@@ -135,7 +135,7 @@ def test_stage_trains_each_method(stage, method, tiny_model, workspace, smol_tok
     assert (probe_logits(loaded, smol_tokenizer) - seen["logits"]).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("loss_type,first_loss", [("ipo", 25.0), ("hinge", 1.0), ("simpo", None)])
+@pytest.mark.parametrize("loss_type,first_loss", [("ipo", 25.0), ("hinge", 1.0), ("simpo", None), ("cpo", None)])
 def test_dpo_loss_variants(loss_type, first_loss, tiny_model, workspace):
     config = tiny_config(tiny_model, "dpo", alignment={"loss_type": loss_type})
     results, run_dir = run_stage(config, workspace, f"job-{loss_type}")
@@ -145,7 +145,11 @@ def test_dpo_loss_variants(loss_type, first_loss, tiny_model, workspace):
         # at the start policy == reference: ipo (0 - 1/(2 beta))^2 = 25 with beta 0.1, hinge relu(1 - 0) = 1
         assert records[0]["loss"] == pytest.approx(first_loss, rel=1e-4)
     else:
-        assert results["reference"].startswith("none")        # SimPO has no reference model
+        assert results["reference"].startswith("none")        # SimPO and CPO have no reference model
+    if loss_type in ("cpo", "simpo"):   # CPO adds the chosen answer's NLL to its preference loss; SimPO does not
+        nll = [r["nll_loss"] for r in records]
+        assert all(n > 0 for n in nll) if loss_type == "cpo" else nll == [0.0, 0.0], nll
+        assert all(r["loss"] >= r["nll_loss"] - 1e-6 for r in records)
     assert results["final_rewards_margins"] is not None
 
 
