@@ -106,8 +106,11 @@ class JobConfig:
     model: str = _f("smollm2-135m-instruct", "Base model: a registry name, a local folder, a .gguf file or a hub id.")
     dataset: str = _f("identity-demo", "Dataset: a demo name, a saved dataset's name or id, or a file path.")
     stage: Stage = _f(Stage.SFT, "Training stage: sft, dpo, orpo or kto.", choices=Stage.values())
-    method: Method = _f(Method.LORA, "Fine-tuning method: lora, qlora (4-bit base), dora, qdora (DoRA on a 4-bit base) "
-                     "or pissa.", choices=Method.values())
+    method: Method = _f(Method.LORA, "Fine-tuning method: lora, qlora (4-bit base), dora, qdora (DoRA on a 4-bit base), "
+                     "pissa, vera (shared random matrices, ~10x fewer trained parameters; lora.r = projection rank), "
+                     "ia3 (learned rescaling vectors, the fewest parameters), loha / lokr (Hadamard / Kronecker "
+                     "products: more expressive per parameter), or oft (orthogonal: keeps the base's angles).",
+                     choices=Method.values())
     chat_template: typing.Optional[str] = _f(None, "Chat template for a base model without one: chatml, llama3, "
                                               "alpaca or vicuna (empty = the model's own).",
                                               choices=(None, "chatml", "llama3", "alpaca", "vicuna"))

@@ -40,6 +40,11 @@ class Method(StrEnum):
     DORA = "dora"
     QDORA = "qdora"
     PISSA = "pissa"
+    VERA = "vera"
+    IA3 = "ia3"
+    LOHA = "loha"
+    LOKR = "lokr"
+    OFT = "oft"
 
 
 class JobStatus(StrEnum):

@@ -26,6 +26,7 @@ measures it; bench/RESULTS.md publishes estimate vs measured for LoRA / QLoRA / 
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -102,6 +103,36 @@ def adapter_parameters(dims: dict, r: int, target_modules) -> int:
     return dims["layers"] * sum(r * (a + b) for a, b in _adapted(dims, target_modules).values())
 
 
+def counted_adapter_parameters(model_path: str | None, config) -> int | None:
+    """Trainable parameters of the job's peft config on the model's architecture, counted by peft itself on the
+    meta device (no weights read): exact for the families without a closed formula here (VeRA, IA3, LoHa, LoKr,
+    OFT). None without the model's config.json."""
+    if not model_path or not Path(model_path, "config.json").is_file():
+        return None
+    lora = config.lora
+    targets = tuple(lora.target_modules) if isinstance(lora.target_modules, list) else lora.target_modules
+    return _count_on_meta(str(model_path), str(config.method), lora.r, lora.alpha, targets)
+
+
+@functools.lru_cache(maxsize=32)
+def _count_on_meta(model_path: str, method: str, r: int, alpha: float, targets) -> int | None:
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from backend.config import JobConfig
+    config = JobConfig.from_dict({"method": method, "lora": {"r": r, "alpha": alpha, "dropout": 0.0,
+                                                              "target_modules": list(targets)
+                                                              if isinstance(targets, tuple) else targets}})
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path, trust_remote_code=False))
+            peft_model = get_peft_model(model, methods.spec(method).build_peft_config(config))
+    except Exception:  # noqa: BLE001 - an architecture peft cannot adapt this way: the caller falls back
+        return None
+    return sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+
+
 def _adapted(dims: dict, target_modules) -> dict:
     """(in, out) of each adapted module of one layer."""
     h, i, q, kv = dims["hidden"], dims["inter"], dims["q"], dims["kv"]
@@ -146,6 +177,7 @@ def estimate(config, model_path: str | None = None, parameters: int = 0, cuda: b
     act_bytes = 2 if cuda and t.precision != "fp32" else 4       # bf16 / fp16 on GPU, fp32 on CPU
     quantized = methods.spec(config.method).four_bit
     mapped = 0.0
+    notes = []
     if quantized:
         weights = dims["linear"] * NF4_BYTES + (dims["params"] - dims["linear"]) * 4
         if not cuda:   # the checkpoint read while quantizing stays memory-mapped: file pages in RSS (reclaimable)
@@ -157,6 +189,13 @@ def estimate(config, model_path: str | None = None, parameters: int = 0, cuda: b
             mapped = dims["linear"] * dims["checkpoint_bytes"]
 
     n_adapter = adapter_parameters(dims, config.lora.r, config.lora.target_modules)
+    if methods.spec(config.method).peft_type != "LORA":
+        counted = counted_adapter_parameters(model_path, config)
+        if counted is not None:
+            n_adapter = counted
+        else:
+            notes.append("the adapter's size is LoRA's at this rank: without the model's config.json the "
+                         f"{methods.spec(config.method).label} adapter could not be counted")
     n_magnitude = 0
     if methods.spec(config.method).dora:
         n_magnitude = dims["layers"] * sum(out for _, out in _adapted(dims, config.lora.target_modules).values())
@@ -165,7 +204,6 @@ def estimate(config, model_path: str | None = None, parameters: int = 0, cuda: b
     optimizer = (n_adapter * adapter_bytes + n_magnitude * 4) * 2     # AdamW: two states of the parameter's dtype
 
     tokens = t.batch_size * t.max_length
-    notes = []
     masked = config.stage == Stage.SFT and _dense_packed_mask(t.batching, cuda, tokens)
     per_layer = saved_per_token_layer(dims, config, cuda, masked)
     if t.gradient_checkpointing:

@@ -5,6 +5,10 @@ qlora  LoRA on a 4-bit NF4 base        qdora  DoRA on a 4-bit NF4 base
 pissa  LoRA initialised from the principal singular vectors (fast SVD: pissa_niter_4); the base becomes
        the residual, so the adapter is converted back to plain LoRA against the original weights at save.
 Toggles: rslora (alpha / sqrt(r) scaling), loraplus_ratio (LoRA+ optimizer: B learns ratio x faster).
+The rest of peft's family, each its own config class (peft_type): vera (one pair of frozen random matrices
+shared by every layer, only scaling vectors trained; lora.r is the shared projection rank), ia3 (learned
+rescaling vectors on keys, values and the MLP's down projection), loha (Hadamard product of two low-rank
+pairs), lokr (Kronecker product), oft (a block-diagonal orthogonal rotation of each weight).
 
 A new method is one row in METHODS (and, if peft builds it with another config class, one builder function);
 the stages, the estimator, the adapters and the export read the facts from here. Small and pure: no model
@@ -44,6 +48,48 @@ def build_lora(config: "JobConfig"):
     )
 
 
+def _targets(config: "JobConfig"):
+    settings = config.lora
+    return ATTENTION_MODULES if settings.target_modules == "attention" else settings.target_modules
+
+
+def build_vera(config: "JobConfig"):
+    from peft import VeraConfig
+    # save_projection: the shared random matrices travel with the adapter, so it reloads without the seed
+    return VeraConfig(r=config.lora.r, target_modules=_targets(config), vera_dropout=config.lora.dropout,
+                      save_projection=True, task_type="CAUSAL_LM", bias="none")
+
+
+def build_ia3(config: "JobConfig"):
+    from peft import IA3Config
+    # all-linear = peft's own per-architecture choice (keys, values, MLP down projection; the last one is
+    # scaled on its input): IA3 has no rank, and rescaling every linear layer buys little
+    if config.lora.target_modules == "all-linear":
+        return IA3Config(task_type="CAUSAL_LM")
+    return IA3Config(target_modules=_targets(config), feedforward_modules=[], task_type="CAUSAL_LM")
+
+
+def build_loha(config: "JobConfig"):
+    from peft import LoHaConfig
+    return LoHaConfig(r=config.lora.r, alpha=config.lora.alpha, module_dropout=config.lora.dropout,
+                      target_modules=_targets(config), task_type="CAUSAL_LM")
+
+
+def build_lokr(config: "JobConfig"):
+    from peft import LoKrConfig
+    return LoKrConfig(r=config.lora.r, alpha=config.lora.alpha, module_dropout=config.lora.dropout,
+                      target_modules=_targets(config), task_type="CAUSAL_LM")
+
+
+OFT_BLOCK_SIZE = 32   # each rotation acts on blocks of 32 features (peft's default); r follows from it
+
+
+def build_oft(config: "JobConfig"):
+    from peft import OFTConfig
+    return OFTConfig(r=0, oft_block_size=OFT_BLOCK_SIZE, module_dropout=config.lora.dropout,
+                     target_modules=_targets(config), task_type="CAUSAL_LM")
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     method: Method
@@ -54,6 +100,8 @@ class MethodSpec:
     converts_at_save: bool = False       # the base is changed at init (PiSSA residual): convert the adapter back
     mergeable: bool = True               # merge_and_unload gives a plain model (into a de-quantised base if 4-bit)
     build_peft_config: Callable = build_lora
+    peft_type: str = "LORA"              # peft's family: only LORA composes, batches mixed adapters, and converts
+                                         # to a llama.cpp LoRA GGUF
 
 
 METHODS: dict[Method, MethodSpec] = {spec.method: spec for spec in (
@@ -62,6 +110,11 @@ METHODS: dict[Method, MethodSpec] = {spec.method: spec for spec in (
     MethodSpec(Method.DORA, "DoRA", dora=True),
     MethodSpec(Method.QDORA, "QDoRA (DoRA, 4-bit)", four_bit=True, dora=True),
     MethodSpec(Method.PISSA, "PiSSA", init_lora_weights="pissa_niter_4", converts_at_save=True),
+    MethodSpec(Method.VERA, "VeRA", build_peft_config=build_vera, peft_type="VERA"),
+    MethodSpec(Method.IA3, "IA3", build_peft_config=build_ia3, peft_type="IA3"),
+    MethodSpec(Method.LOHA, "LoHa", build_peft_config=build_loha, peft_type="LOHA"),
+    MethodSpec(Method.LOKR, "LoKr", build_peft_config=build_lokr, peft_type="LOKR"),
+    MethodSpec(Method.OFT, "OFT", build_peft_config=build_oft, peft_type="OFT"),
 )}
 
 

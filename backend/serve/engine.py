@@ -303,7 +303,8 @@ class Engine:
         """Check a request before anything is generated (every refusal is a ServeError)."""
         adapter = self.resolve(model_id)
         tokenizer = self._tokenizer(adapter) if adapter else self.base_tokenizer
-        mixable = not (adapter and methods.spec(self._source_for(adapter)[1].config.method).dora)
+        method = methods.spec(self._source_for(adapter)[1].config.method) if adapter else None
+        mixable = not (method and (method.dora or method.peft_type != "LORA"))   # peft mixes LoRA adapters only
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if len(stops) > MAX_STOPS or not all(stops):
             raise ServeError(f"stop takes at most {MAX_STOPS} non-empty strings", param="stop")

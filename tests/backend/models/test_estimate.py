@@ -52,3 +52,20 @@ def test_activations_grow_with_tokens_dora_and_shrink_with_checkpointing(smollm2
 def test_without_a_config_the_parameter_count_still_gives_an_estimate():
     est = estimate.estimate(config(), parameters=7_000_000_000)
     assert 25 * 1024 ** 3 < est.weights < 28 * 1024 ** 3 and est.total > est.weights
+
+
+@pytest.mark.parametrize("method", ["vera", "ia3", "loha", "lokr", "oft"])
+def test_other_peft_families_are_counted_as_peft_builds_them(method, tiny_model_dir):
+    """VeRA, IA3, LoHa, LoKr, OFT: the estimate's adapter size is what peft trains on the real model."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from backend.config import JobConfig
+    from backend.models import estimate, methods
+
+    config = JobConfig.from_dict({"method": method, "lora": {"r": 8, "dropout": 0.0}})
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), methods.build(config).peft_config)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert estimate.estimate(config, model_path=str(tiny_model_dir)).adapter_params == trained
+    assert trained < estimate.estimate(JobConfig.from_dict({"lora": {"r": 8}}), model_path=str(tiny_model_dir)
+                                       ).adapter_params * (3 if method == "loha" else 1)

@@ -29,6 +29,8 @@ METHOD_CASES = {
     "qlora": {"method": "qlora"},
     "dora": {"method": "dora"},
     "pissa": {"method": "pissa", "lora": {"dropout": 0.0}},
+    "loha": {"method": "loha"},       # peft's other families train in the preference stages too (issue 21)
+    "vera": {"method": "vera", "lora": {"r": 16}},
 }
 PROBE = "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n"
 

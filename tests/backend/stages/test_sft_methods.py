@@ -19,7 +19,14 @@ METHOD_CASES = {
     "pissa": {"method": "pissa", "lora": {"dropout": 0.0}},
     "rslora": {"method": "lora", "lora": {"rslora": True}},
     "loraplus": {"method": "lora", "lora": {"loraplus_ratio": 16}},
+    # the rest of peft's family (issue 21): their own peft config classes, the same studio path
+    "vera": {"method": "vera", "lora": {"r": 16}},
+    "ia3": {"method": "ia3"},
+    "loha": {"method": "loha"},
+    "lokr": {"method": "lokr"},
+    "oft": {"method": "oft"},
 }
+LORA_FAMILY = ("lora", "qlora", "dora", "pissa", "rslora", "loraplus")
 PROBE = "<|im_start|>user\nWho are you?<|im_end|>\n<|im_start|>assistant\n"
 
 
@@ -72,10 +79,14 @@ def test_method_trains_only_the_adapter(case, tiny_model, workspace, smol_tokeni
     before, after = states["before_train"], states["after_train"]
     changed = [name for name in before if not torch.equal(before[name], after[name])]
     assert changed, "training changed nothing"
-    adapter_markers = ("lora_A", "lora_B", "lora_magnitude_vector")
-    frozen_changed = [name for name in changed if not any(marker in name for marker in adapter_markers)]
+    # every peft tuner keys its trained tensors by the adapter's name ("default"); nothing else may change
+    frozen_changed = [name for name in changed if ".default" not in name]
     assert frozen_changed == [], f"frozen base weights changed: {frozen_changed[:5]}"
-    assert any("lora_B" in name for name in changed)
+    if case in LORA_FAMILY:
+        assert any("lora_B" in name for name in changed)
+    else:
+        peft_type = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())["peft_type"]
+        assert peft_type == case.upper(), peft_type
     if case == "qlora":
         assert "Linear4bit" in states["layer_types"], "QLoRA base layers must be bitsandbytes 4-bit"
     if case == "dora":
