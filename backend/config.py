@@ -96,6 +96,17 @@ class AlignmentSettings:
 
 
 @dataclass(frozen=True)
+class AdaLoraSettings:
+    init_r: int = _f(12, "AdaLoRA: the rank every layer starts with; the budget is then moved to the layers that "
+                     "matter.", min=1, max=1024)
+    target_r: int = _f(4, "AdaLoRA: the average rank per layer at the end (lora.r is not used).", min=1, max=1024)
+    warmup: float = _f(0.1, "AdaLoRA: share of the steps trained at init_r before ranks are pruned.", min=0.0,
+                       max=0.9)
+    final: float = _f(0.2, "AdaLoRA: share of the last steps trained with the final ranks fixed.", min=0.0, max=0.9)
+    interval: int = _f(10, "AdaLoRA: steps between two rank re-allocations.", min=1, max=100000)
+
+
+@dataclass(frozen=True)
 class ResourceSettings:
     gpus: int = _f(1, "GPUs for this job; more than 1 trains data-parallel (DDP) with one process per GPU "
                    "(on a CPU-only machine: that many CPU processes).", min=1, max=64)
@@ -109,7 +120,8 @@ class JobConfig:
     method: Method = _f(Method.LORA, "Fine-tuning method: lora, qlora (4-bit base), dora, qdora (DoRA on a 4-bit base), "
                      "pissa, vera (shared random matrices, ~10x fewer trained parameters; lora.r = projection rank), "
                      "ia3 (learned rescaling vectors, the fewest parameters), loha / lokr (Hadamard / Kronecker "
-                     "products: more expressive per parameter), or oft (orthogonal: keeps the base's angles).",
+                     "products: more expressive per parameter), oft (orthogonal: keeps the base's angles), or adalora (starts at "
+                     "adalora.init_r and moves the rank budget to the layers that matter during training).",
                      choices=Method.values())
     chat_template: typing.Optional[str] = _f(None, "Chat template for a base model without one: chatml, llama3, "
                                               "alpaca or vicuna (empty = the model's own).",
@@ -118,6 +130,7 @@ class JobConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     alignment: AlignmentSettings = field(default_factory=AlignmentSettings)
+    adalora: AdaLoraSettings = field(default_factory=AdaLoraSettings)
     resources: ResourceSettings = field(default_factory=ResourceSettings)
     init_adapter: typing.Optional[str] = _f(None, "A finished job id: start this stage from that job's adapter.")
 
@@ -194,6 +207,8 @@ class JobConfig:
             cuda_available = _cuda_available()
         if self.training.precision == Precision.FP16 and not cuda_available:
             errors.append("training.precision: fp16 needs a CUDA GPU; use auto or fp32 on this machine")
+        if self.method == Method.ADALORA:
+            errors.extend(_adalora_problems(self))
         if self.stage != Stage.SFT and self.alignment.beta <= 0:
             errors.append("alignment.beta: must be above 0 for preference stages (0.1 to 0.5 is typical)")
         return errors
@@ -261,6 +276,18 @@ def _field_spec(path: str):
 
 
 # ---------------------------------------------------------------- internals
+
+def _adalora_problems(config: "JobConfig") -> list[str]:
+    """AdaLoRA lays its rank schedule over a known number of steps."""
+    ada, steps = config.adalora, config.training.max_steps
+    if steps <= 0:
+        return ["adalora: needs training.max_steps (its rank schedule is laid over the steps); set max_steps"]
+    if ada.target_r > ada.init_r:
+        return [f"adalora.target_r ({ada.target_r}) must not exceed adalora.init_r ({ada.init_r})"]
+    if ada.warmup + ada.final >= 1:
+        return ["adalora.warmup + adalora.final must leave steps to re-allocate ranks in (their sum below 1)"]
+    return []
+
 
 def _build(cls, data, prefix: str, errors: list[str]):
     if not isinstance(data, dict):

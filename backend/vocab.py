@@ -45,6 +45,7 @@ class Method(StrEnum):
     LOHA = "loha"
     LOKR = "lokr"
     OFT = "oft"
+    ADALORA = "adalora"
 
 
 class JobStatus(StrEnum):

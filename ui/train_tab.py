@@ -33,6 +33,8 @@ SECTIONS = {
                  "training.batching"],
     "Preference stages (DPO / ORPO / KTO)": ["alignment.beta", "alignment.loss_type", "alignment.desirable_weight",
                                              "alignment.undesirable_weight"],
+    "AdaLoRA (method adalora)": ["adalora.init_r", "adalora.target_r", "adalora.warmup", "adalora.final",
+                                 "adalora.interval"],
     "Resources": ["resources.gpus"],
 }
 FIELD_PATHS = [p for paths in SECTIONS.values() for p in paths]

@@ -138,6 +138,7 @@ def render_card(facts: dict) -> str:
         f"trained on dataset `{facts['dataset']['id']}` ({facts['dataset'].get('train_rows')} training rows) for "
         f"{results.get('steps')} steps{'' if final is None else f', final train loss {final:.4f}'}.\n\n"
         f"Lineage: {' -> '.join(facts['lineage'])}.\n\n"
+        + _ranks_text(facts.get("adapter_ranks")) +
         f"{USE_HEADING}\n\nThe adapter is in `adapter/` next to this card. Load it with peft on its base model "
         "(run from this folder):\n\n"
         + usage_python("adapter", "adapter", facts["base_model"].get("path") or facts["base_model"]["name"])
@@ -145,10 +146,39 @@ def render_card(facts: dict) -> str:
     )
 
 
+def adapter_ranks(adapter_dir: Path) -> dict:
+    """The final rank of each adapted module when a method chose them (AdaLoRA's rank_pattern), as
+    {"layer N": {"q_proj": 3, ...}}; {} otherwise."""
+    try:
+        config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    pattern = config.get("rank_pattern") or {}
+    ranks: dict = {}
+    for name, value in pattern.items():
+        rank = sum(value) if isinstance(value, list) else int(value)     # AdaLoRA keeps a mask: its ones count
+        parts = name.split(".")
+        layer = next((parts[i + 1] for i, p in enumerate(parts[:-1]) if p == "layers"), "?")
+        module = next((p for p in reversed(parts) if p not in ("default", "lora_E", "weight")), name)
+        ranks.setdefault(f"layer {layer}", {})[module] = rank
+    return ranks
+
+
+def _ranks_text(ranks: dict | None) -> str:
+    if not ranks:
+        return ""
+    lines = [f"- {layer}: " + ", ".join(f"{m} {r}" for m, r in modules.items()) for layer, modules in ranks.items()]
+    total = sum(r for modules in ranks.values() for r in modules.values())
+    return f"Final ranks chosen during training ({total} in all):\n\n" + "\n".join(lines) + "\n\n"
+
+
 def write_run(run_dir: Path, **facts_of) -> dict:
     """Write run.json and card.md (rendered from it) into the run folder; returns the facts."""
     run_dir = Path(run_dir)
     facts = run_facts(**facts_of)
+    ranks = adapter_ranks(run_dir / "adapter")
+    if ranks:
+        facts["adapter_ranks"] = ranks
     staging = run_dir / f".{RUN_FACTS}.tmp"
     staging.write_text(json.dumps(facts, indent=2), encoding="utf-8")
     staging.replace(run_dir / RUN_FACTS)

@@ -90,6 +90,29 @@ def build_oft(config: "JobConfig"):
                      target_modules=_targets(config), task_type="CAUSAL_LM")
 
 
+def build_adalora(config: "JobConfig"):
+    from peft import AdaLoraConfig
+    ada, steps = config.adalora, config.training.max_steps
+    return AdaLoraConfig(init_r=ada.init_r, target_r=ada.target_r, total_step=steps,
+                         tinit=int(ada.warmup * steps), tfinal=int(ada.final * steps), deltaT=ada.interval,
+                         lora_alpha=config.lora.alpha, lora_dropout=config.lora.dropout,
+                         target_modules=_targets(config), task_type="CAUSAL_LM")
+
+
+def adalora_callbacks(config: "JobConfig", run_dir) -> list:
+    """AdaLoRA re-allocates its ranks from the gradients after each optimizer step, before they are zeroed:
+    peft leaves that call to the training loop (`update_and_allocate`), so a trainer callback makes it."""
+    from transformers import TrainerCallback
+
+    class AdaLoraRankAllocation(TrainerCallback):
+        def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+            tuner = getattr(model, "base_model", None)
+            if tuner is not None and hasattr(tuner, "update_and_allocate"):
+                tuner.update_and_allocate(state.global_step)
+
+    return [AdaLoraRankAllocation()]
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     method: Method
@@ -102,6 +125,7 @@ class MethodSpec:
     build_peft_config: Callable = build_lora
     peft_type: str = "LORA"              # peft's family: only LORA composes, batches mixed adapters, and converts
                                          # to a llama.cpp LoRA GGUF
+    trainer_callbacks: Callable | None = None   # (config, run_dir) -> TrainerCallbacks the method needs
 
 
 METHODS: dict[Method, MethodSpec] = {spec.method: spec for spec in (
@@ -115,6 +139,8 @@ METHODS: dict[Method, MethodSpec] = {spec.method: spec for spec in (
     MethodSpec(Method.LOHA, "LoHa", build_peft_config=build_loha, peft_type="LOHA"),
     MethodSpec(Method.LOKR, "LoKr", build_peft_config=build_lokr, peft_type="LOKR"),
     MethodSpec(Method.OFT, "OFT", build_peft_config=build_oft, peft_type="OFT"),
+    MethodSpec(Method.ADALORA, "AdaLoRA", build_peft_config=build_adalora, peft_type="ADALORA",
+               trainer_callbacks=adalora_callbacks),
 )}
 
 

@@ -187,7 +187,10 @@ def studio_callbacks(config: JobConfig, run_dir: Path, hooks, resumed_at_step: i
     from backend.jobs.callbacks import CheckpointMarkerCallback, HooksCallback, MetricsCallback, NanGuardCallback
 
     metrics = MetricsCallback(run_dir / "metrics.jsonl", resumed_at_step, eval_plan) if _is_rank_zero() else None
+    from backend.models import methods
+    method_callbacks = methods.spec(config.method).trainer_callbacks
     return [*([metrics] if metrics else []), CheckpointMarkerCallback(), NanGuardCallback(),
+            *(method_callbacks(config, run_dir) if method_callbacks else []),
             *(factory(config) for factory in CALLBACK_FACTORIES), HooksCallback(hooks)]
 
 

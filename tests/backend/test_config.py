@@ -80,3 +80,14 @@ def test_every_field_has_help():
                  "training.learning_rate", "training.max_length", "alignment.beta", "init_adapter"):
         assert len(field_help(name)) > 10
     assert field_limits("lora.r")["min"] == 1
+
+
+def test_adalora_settings_are_checked_in_one_sentence_each():
+    def problems(**data):
+        return JobConfig.from_dict({"method": "adalora", **data}).validate(cuda_available=False)
+
+    assert problems() == []
+    assert any("adalora: needs training.max_steps" in p
+               for p in problems(training={"max_steps": 0, "epochs": 1}))
+    assert "adalora.target_r (8) must not exceed adalora.init_r (4)" in problems(adalora={"init_r": 4, "target_r": 8})
+    assert any("their sum below 1" in p for p in problems(adalora={"warmup": 0.5, "final": 0.5}))

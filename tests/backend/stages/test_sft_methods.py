@@ -26,6 +26,9 @@ METHOD_CASES = {
     "lokr": {"method": "lokr"},
     "oft": {"method": "oft"},
 }
+# AdaLoRA: 8 steps, re-allocating every 2 after a 1-step warm-up, ending at an average rank of 2 of 6
+ADALORA = {"method": "adalora", "adalora": {"init_r": 6, "target_r": 2, "warmup": 0.125, "final": 0.25,
+                                            "interval": 2}, "training": {"max_steps": 8}}
 LORA_FAMILY = ("lora", "qlora", "dora", "pissa", "rslora", "loraplus")
 PROBE = "<|im_start|>user\nWho are you?<|im_end|>\n<|im_start|>assistant\n"
 
@@ -182,3 +185,24 @@ def test_all_answers_truncated_is_one_clear_error(tiny_model, workspace):
     run_dir.mkdir(parents=True)
     with pytest.raises(DataError, match="raise training.max_length"):
         stages.train(config, run_dir, job_id="job-trunc-all")
+
+
+def test_adalora_moves_its_rank_budget_during_training_and_the_card_shows_the_ranks(tiny_model, workspace):
+    import json as json_module
+
+    from backend.jobs.card import read_run_facts
+    config = tiny_config(tiny_model, **ADALORA)
+    run_dir = workspace / "runs" / "job-adalora"
+    run_dir.mkdir(parents=True)
+    results = stages.train(config, run_dir, job_id="job-adalora")
+    assert results["steps"] == 8
+    saved = json_module.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    assert saved["peft_type"] == "ADALORA" and saved["rank_pattern"], "the allocation ran and fixed the ranks"
+    ranks = read_run_facts(run_dir)["adapter_ranks"]
+    per_module = [r for modules in ranks.values() for r in modules.values()]
+    assert len(ranks) == 2 and all(0 <= r <= 6 for r in per_module)
+    assert sum(per_module) < 6 * len(per_module), "the budget shrank from init_r"
+    assert "Final ranks chosen during training" in (run_dir / "card.md").read_text()
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_path(workspace)), run_dir / "adapter")
