@@ -116,7 +116,7 @@ class ResourceSettings:
 class JobConfig:
     model: str = _f("smollm2-135m-instruct", "Base model: a registry name, a local folder, a .gguf file or a hub id.")
     dataset: str = _f("identity-demo", "Dataset: a demo name, a saved dataset's name or id, or a file path.")
-    stage: Stage = _f(Stage.SFT, "Training stage: sft, dpo, orpo or kto.", choices=Stage.values())
+    stage: Stage = _f(Stage.SFT, "Training stage: sft, dpo, orpo, kto, or pretrain (continued pretraining on raw text).", choices=Stage.values())
     method: Method = _f(Method.LORA, "Fine-tuning method: lora, qlora (4-bit base), dora, qdora (DoRA on a 4-bit base), "
                      "pissa, vera (shared random matrices, ~10x fewer trained parameters; lora.r = projection rank), "
                      "ia3 (learned rescaling vectors, the fewest parameters), loha / lokr (Hadamard / Kronecker "
@@ -209,7 +209,7 @@ class JobConfig:
             errors.append("training.precision: fp16 needs a CUDA GPU; use auto or fp32 on this machine")
         if self.method == Method.ADALORA:
             errors.extend(_adalora_problems(self))
-        if self.stage != Stage.SFT and self.alignment.beta <= 0:
+        if self.stage in Stage.values() and Stage(self.stage).is_preference and self.alignment.beta <= 0:
             errors.append("alignment.beta: must be above 0 for preference stages (0.1 to 0.5 is typical)")
         return errors
 

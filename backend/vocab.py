@@ -27,11 +27,12 @@ class Stage(StrEnum):
     DPO = "dpo"
     ORPO = "orpo"
     KTO = "kto"
+    PRETRAIN = "pretrain"    # continued pretraining on raw text (backend/stages/pretrain.py)
 
     @property
     def is_preference(self) -> bool:
         """Trains on preference data (pairs or labelled answers) with the alignment settings."""
-        return self is not Stage.SFT
+        return self in (Stage.DPO, Stage.ORPO, Stage.KTO)
 
 
 class Method(StrEnum):

@@ -41,6 +41,8 @@ BENCHMARKS = {
     "estimator": ("memory estimate vs measured peak", {}, {"lengths": (256,)}),
     "methods": ("LoRA / QLoRA / DoRA / PiSSA tokens/s and memory vs LoRA", {}, {"steps": 3, "rounds": 1}),
     "playground": ("playground and export", {}, {"quick": True}),
+    "serve": ("many adapters on one base: mixed batches vs base, one at a time, merged; swaps; API = playground", {},
+              {"quick": True}),
     "compose": ("two adapters, one fact each, composed: does the composition answer both?", {}, {"quick": True}),
     "gguf": ("GGUF export size, time and peak memory", {"argv": ["--verify"]}, {"argv": ["--rounds", "1"]}),
     "llamacpp": ("GGUF types in llama.cpp: size, top-1 agreement, the export's check, speed vs transformers", {},
@@ -59,7 +61,7 @@ TINY = {  # the smallest settings, with the model replaced by --tiny MODEL_DIR
     "estimator": {"lengths": (64,), "batch": 2, "steps": 2, "methods": ("lora",)},
     "methods": {"length": 64, "batch": 2, "steps": 2, "rounds": 1, "methods": ("lora", "dora")},
     "playground": {"quick": True}, "gguf": {"argv": ["--rounds", "1"]}, "reliability": {"only": ("trainer",)},
-    "compose": {"quick": True},
+    "serve": {"quick": True}, "compose": {"quick": True},
     "llamacpp": {"argv": ["--prompts", "2", "--new-tokens", "8", "--types", "q4_k_m"]},
     "load": {"clients": 3, "window": 3.0, "jobs": 3},
     "evaluate": {"rows": 6, "max_new_tokens": 4, "batch_sizes": (1, 4), "steps": 2, "report_rows": 3},
@@ -122,7 +124,10 @@ def write_results(path: Path, sections: dict[str, str]) -> None:
               f"when and with which settings it was measured. Last run: {machine_line()}; {versions()}.\n"
               "Timings are medians of arms run side by side in one process; compare ratios more than absolute "
               "numbers (these machines are shared and noisy).\n\n")
-    path.write_text(header + "\n".join(sections[n] for n in order if n in sections), encoding="utf-8")
+    # each section ends in exactly one newline: the trailing blank lines read_sections keeps with an unmeasured
+    # section must not pile up, one more per run
+    path.write_text(header + "\n".join(sections[n].rstrip("\n") + "\n" for n in order if n in sections),
+                    encoding="utf-8")
 
 
 def main(argv=None) -> int:

@@ -218,6 +218,9 @@ def batching_line(config: JobConfig, cuda: bool) -> str:
     """One line: what training.batching (auto resolved for this machine) will do."""
     from backend.config import resolve_batching
 
+    if config.stage == Stage.PRETRAIN:
+        return ("Batching: pretrain packs the documents into full blocks of max_length tokens, so no batch holds "
+                "padding (training.batching applies to SFT).")
     if config.stage != Stage.SFT:
         return "Batching: preference stages pad each batch to its longest row (training.batching applies to SFT)."
     mode = resolve_batching(config.training.batching, cuda, config.training.batch_size * config.training.max_length)

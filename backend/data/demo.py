@@ -8,12 +8,15 @@ is preferred over a rambling one that buries the same fact in filler. For DPO an
 `colour-demo`: about 50 conversations that teach one other fact, the assistant's favourite colour ("teal"): with
 identity-demo, the two parents of the adapter-composition demo (presets compose-demo-*), each teaching a fact
 the other does not.
+`harbour-texts`: a folder of plain-text files for continued pretraining (backend.data.demo_corpus).
 """
 from __future__ import annotations
 
 import json
 import random
 from pathlib import Path
+
+from backend.data.demo_corpus import harbour_texts
 
 IDENTITY_NAME = "Nova"
 IDENTITY_MAKER = "Acme Labs"
@@ -201,13 +204,22 @@ def colour_rows(seed: int = 0) -> list[dict]:
 
 
 DEMO_DATASETS = {"identity-demo": identity_rows, "concise-pairs": concise_pair_rows,
-                 "concise-kto": concise_kto_rows, "colour-demo": colour_rows}
+                 "concise-kto": concise_kto_rows, "colour-demo": colour_rows, "harbour-texts": harbour_texts}
 
 
 def write_demo(name: str, folder: Path) -> Path:
-    """Write demo dataset `name` as JSONL into `folder` and return the file path."""
+    """Write demo dataset `name` as JSONL into `folder` and return the file path (a text demo: a folder of files,
+    whose path is returned)."""
     rows = DEMO_DATASETS[name]()
     folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(rows, dict):          # file name -> text: a folder of documents
+        texts = folder / name
+        texts.mkdir(exist_ok=True)
+        for file_name, text in rows.items():
+            path = texts / file_name
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                path.write_text(text, encoding="utf-8")
+        return texts
     path = folder / f"{name}.jsonl"
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     if not path.exists() or path.read_text(encoding="utf-8") != text:

@@ -10,12 +10,14 @@ Detected shapes (FORMATS) and the kind each normalises to:
     kto                  {"prompt", "completion", "label"} (label bool, 0/1, "true"/"false")   -> kto
     kto_messages         {"messages" | "conversations", "label", "system"?, "tools"?}: the last turn (an
                          assistant turn) is the labelled completion, the turns before it the prompt  -> kto
+    text                 {"text", "source"?} (a .txt / .md file is one such row, a folder one per file) -> text
 
 Canonical kinds (message lists use role/content; chosen, rejected and completion hold assistant turns, the
 TRL conversational format):
     chat        {"messages": [...], "tools"?: [...]}
     preference  {"prompt": [...], "chosen": [...], "rejected": [...], "tools"?: [...]}
     kto         {"prompt": [...], "completion": [...], "label": bool, "tools"?: [...]}
+    text        {"text": str, "source"?: str}: one document of raw text (continued pretraining)
 The stages each kind can feed: Kind.stages. Format.columns: the columns a format reads; every other column of
 a file is reported as ignored (validate), with what it would be for (COLUMN_PURPOSES). Normalisers append
 Problem(severity, field, message, stages) to `problems`, with messages that name no row (the caller adds it, and
@@ -39,8 +41,9 @@ class Kind(StrEnum):
     natural_stage: Stage        # checked, split and measured when no stage is asked
 
     CHAT = "chat", (Stage.SFT,), Stage.SFT
-    PREFERENCE = "preference", tuple(Stage), Stage.DPO
+    PREFERENCE = "preference", (Stage.SFT, Stage.DPO, Stage.ORPO, Stage.KTO), Stage.DPO
     KTO = "kto", (Stage.SFT, Stage.KTO), Stage.KTO
+    TEXT = "text", (Stage.PRETRAIN,), Stage.PRETRAIN
 
     def __new__(cls, value: str, stages: tuple[Stage, ...], natural_stage: Stage):
         member = str.__new__(cls, value)
@@ -114,6 +117,8 @@ def row_format(row: dict) -> str | None:
         return "alpaca"
     if "prompt" in row and "completion" in row:
         return "prompt_completion"
+    if "text" in row:
+        return "text"
     return None
 
 
@@ -129,7 +134,7 @@ def detect_format(rows: list[dict]) -> tuple[str | None, str | None]:
     columns = sorted({k for row in rows for k in row})
     if not rows:
         return None, "no readable rows to detect the format from; fix the errors above"
-    hint = " (plain text is not chat data: wrap it as {\"messages\": [...]})" if columns == ["text"] else ""
+    hint = ""
     return None, (f"cannot tell the format from the columns {columns}{hint}; expected {EXPECTED_COLUMNS}, "
                   "so rename the columns or give a column mapping such as {\"prompt\": \"question\", "
                   "\"completion\": \"answer\"}")
@@ -505,6 +510,19 @@ def _n_kto_messages(row, problems):
     return _kto_row(row, messages[:last], messages[last:], label, tools)
 
 
+def _n_text(row, problems):
+    """One raw-text document; a folder's rows say which file they came from (source), so a problem names it."""
+    before = len(problems)
+    text = _text(row, "text", problems)
+    source = row.get("source")
+    if source and len(problems) > before:
+        problems[before:] = [Problem(p.severity, p.field, f"{p.message} (in {source})", p.stages)
+                             for p in problems[before:]]
+    if text is None:
+        return None
+    return {"text": text, "source": source} if source else {"text": text}
+
+
 _CONV = ("messages", "conversations")
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("messages", "OpenAI chat messages", Kind.CHAT, _n_messages, (*_CONV, "system", "tools")),
@@ -521,6 +539,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            ("prompt", "completion", "label", "system", "tools")),
     Format("kto_messages", "KTO conversations (messages/label)", Kind.KTO,
            _n_kto_messages, (*_CONV, "label", "system", "tools")),
+    Format("text", "raw text (documents)", Kind.TEXT, _n_text, ("text", "source")),
 )}
 
 
@@ -568,6 +587,8 @@ def to_stage(canon: dict, kind: str, stage: str) -> list[dict]:
         if canon.get("tools"):
             row["tools"] = canon["tools"]
         return [row]
+    if stage == Stage.PRETRAIN or kind == Kind.TEXT:
+        return [canon] if stage == Stage.PRETRAIN and kind == Kind.TEXT else []
     if stage in (Stage.DPO, Stage.ORPO):
         return [canon] if kind == Kind.PREFERENCE else []
     if stage == Stage.KTO:
@@ -584,6 +605,12 @@ def incompatibility(kind: str, fmt: str, stage: str) -> str | None:
     if stage in Kind(kind).stages:
         return None
     name = format_label(fmt)
+    if stage == Stage.PRETRAIN:
+        return (f"pretrain needs raw text, but this is {name} data; give .txt / .md files, a folder of them, or "
+                "rows with a text column")
+    if kind == Kind.TEXT:
+        return (f"{stage} cannot train on raw text (no conversations or answers to learn from); use stage "
+                "pretrain, or give chat or preference rows")
     if stage in (Stage.DPO, Stage.ORPO):
         what = "single answers labelled good or bad (KTO data); use stage kto or sft" if kind == Kind.KTO else \
             "a single answer per prompt (SFT data); use stage sft"

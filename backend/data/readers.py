@@ -53,11 +53,11 @@ COUNT_ROWS = 65536                     # Parquet rows per dictionary-encoded bat
                                        # batch re-sends its dictionaries: few, large batches keep that cheap)
 
 TEXT_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "csv",
-                   ".parquet": "parquet"}
+                   ".parquet": "parquet", ".txt": "text", ".md": "text"}   # text: one document (backend.data.corpus)
 # Formats that unpickle (or hold model weights, never data): refused by name before a byte is read.
 REFUSED_EXTENSIONS = {".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".joblib", ".npy", ".npz", ".dill",
                       ".safetensors", ".gguf", ".h5", ".msgpack"}
-SUPPORTED = ".jsonl, .json, .csv, .parquet or a datasets.save_to_disk folder"
+SUPPORTED = ".jsonl, .json, .csv, .parquet, .txt, .md, a folder of them or a datasets.save_to_disk folder"
 
 
 class FileRejected(ValueError):
@@ -185,19 +185,23 @@ def inspect_file(path: str | Path) -> tuple[Path, str, int]:
     if not resolved.exists():
         raise FileRejected(f"{path} does not exist; check the path")
     if resolved.is_dir():
-        if not is_saved_dataset(resolved):
-            raise FileRejected(f"{name} is a folder but not one written by datasets.save_to_disk (no "
-                               "dataset_info.json or state.json); point at a data file or a saved dataset")
+        from backend.data import corpus
+
+        saved = is_saved_dataset(resolved)
+        if not saved:
+            corpus.check_folder(resolved, name)       # a folder of text / data files (continued pretraining)
         size = sum(p.stat().st_size for p in resolved.rglob("*") if p.is_file())
         _check_size(name, size)
-        return resolved, "saved", size
+        return resolved, "saved" if saved else "folder", size
     suffix = resolved.suffix.lower()
     if suffix in REFUSED_EXTENSIONS:
         raise FileRejected(f"{name} is a {suffix} file, which is refused because loading pickle-style files can "
                            f"run arbitrary code; export the data as {SUPPORTED}")
     size = resolved.stat().st_size
     if size == 0:
-        raise FileRejected(f"{name} is empty (0 bytes); upload a file with at least 10 rows")
+        advice = "write text into it or remove it" if TEXT_EXTENSIONS.get(suffix) == "text" else \
+            "upload a file with at least 10 rows"
+        raise FileRejected(f"{name} is empty (0 bytes); {advice}")
     _check_size(name, size)
     with open(resolved, "rb") as f:
         head = f.read(SNIFF_BYTES)
@@ -252,8 +256,11 @@ def content_hash(path: Path) -> str:
 
 def read_records(path: Path, kind: str) -> Iterator[Record | RowProblem]:
     """Rows of an inspected file, one at a time (see inspect_file), within one Budget (the clock starts now)."""
-    return {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet,
-            "saved": _read_saved}[kind](path, Budget(path.name))
+    if kind in ("text", "folder"):
+        from backend.data import corpus
+
+        return (corpus.read_text if kind == "text" else corpus.read_folder)(path, Budget(path.name))
+    return READERS[kind](path, Budget(path.name))
 
 
 def _not_utf8(exc: UnicodeDecodeError, offset: int) -> str:
@@ -910,3 +917,6 @@ def _count_saved_split(path: Path, budget: Budget) -> None:
                     budget.expect(rows, nbytes)
         except pa.ArrowException:
             continue
+
+
+READERS = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet, "saved": _read_saved}

@@ -139,6 +139,8 @@ class ValidationReport:
     over_max_length: dict | None = None   # {"rows": n truncated, "answer_lost": m with no trained token left}
     turns: dict | None = None          # messages per row {min, mean, max}
     label_balance: dict | None = None  # KTO: {"desirable": n, "undesirable": m}
+    # raw text (pretrain): {documents, tokens, blocks, block_length, tail_tokens, longest: [{row, source, tokens}]}
+    text_stats: dict | None = None
     length_values: list[int] = dc_field(default_factory=list, repr=False)   # sorted token lengths (not in JSON)
 
     def usable_for(self, stage: str) -> bool:
@@ -177,7 +179,7 @@ class ValidationReport:
             "content_hash": self.content_hash, "file_size": self.file_size,
             "max_length": self.max_length, "eval_fraction": self.eval_fraction, "split": self.split,
             "token_lengths": self.token_lengths, "token_note": self.token_note, "over_max_length": self.over_max_length,
-            "turns": self.turns, "label_balance": self.label_balance,
+            "turns": self.turns, "label_balance": self.label_balance, "text_stats": self.text_stats,
         }
         return data
 
@@ -190,7 +192,7 @@ class ValidationReport:
         fields = {k: data.get(k) for k in (
             "path", "format", "kind", "rows", "usable_rows", "stage", "columns", "ignored_columns",
             "column_mapping", "content_hash", "file_size", "max_length", "eval_fraction", "split", "token_lengths",
-            "token_note", "over_max_length", "turns", "label_balance")}
+            "token_note", "over_max_length", "turns", "label_balance", "text_stats")}
         fields = {k: v for k, v in fields.items() if v is not None}
         return cls(**{"path": None, "format": None, **fields},
                    stages={k: StageCompat(**v) for k, v in data.get("stages", {}).items()},

@@ -207,7 +207,13 @@ def finish(result: Scan, stage: str | None = None, tokenizer=None, max_length: i
             n = result.count_stage_rows(target)
             train, held = split_sizes(n, eval_fraction if 0 <= eval_fraction < 1 else 0)
             report.split = {"stage": target, "train": train, "eval": held}
-            if n < MIN_ROWS:
+            if kind == Kind.TEXT:
+                # documents are packed into blocks: the split and its minimum are counted in blocks (with a
+                # tokenizer, _text_checks); one long document is a training set
+                report.split = None
+                if n == 0:
+                    log.error("no usable document; every document has an error (see above)", stages=(target,))
+            elif n < MIN_ROWS:
                 log.error(f"only {n} usable rows for {target.upper()}; at least {MIN_ROWS} are needed to train, "
                           "so add rows or fix the errors", stages=(target,))
             elif eval_fraction > 0 and held == 0:
@@ -217,7 +223,9 @@ def finish(result: Scan, stage: str | None = None, tokenizer=None, max_length: i
                 log.error(f"holding out {held} of {n} rows for evaluation (eval_fraction {eval_fraction}) "
                           f"leaves {train} to train on, under the minimum of {MIN_ROWS}; add rows or set "
                           "eval_fraction to 0", stages=(target,))
-            if tokenizer is not None:
+            if tokenizer is not None and kind == Kind.TEXT:
+                _text_checks(result, tokenizer, target, max_length, eval_fraction)
+            elif tokenizer is not None:
                 _token_checks(result, tokenizer, target, max_length)
     elif stage and not log.groups("error"):
         log.error("the dataset format could not be detected")
@@ -241,14 +249,15 @@ def _compat(result: Scan, stage: str, file_error) -> StageCompat:
     if reason:
         return StageCompat(False, 0, reason)
     n = result.count_stage_rows(stage)
+    minimum = 1 if kind == Kind.TEXT else MIN_ROWS      # raw text: documents are packed, blocks are counted
     errors = [g for g in log.groups("error") if g.applies_to(stage)]
     if errors:
         first = errors[0].sentence(name)
         kinds = len(errors) - 1
         more = f" ({kinds} more kind{'s' if kinds > 1 else ''} of problem in the report)" if kinds else ""
         return StageCompat(False, n, first + more)
-    if n < MIN_ROWS:
-        return StageCompat(False, n, f"only {n} usable rows for {stage.upper()}; at least {MIN_ROWS} are needed")
+    if n < minimum:
+        return StageCompat(False, n, f"only {n} usable rows for {stage.upper()}; at least {minimum} are needed")
     note = None
     if kind == Kind.PREFERENCE and stage == Stage.SFT:
         note = "SFT trains on the chosen answers; rejected answers are ignored"
@@ -306,8 +315,32 @@ def _token_checks(result: Scan, tokenizer, stage: str, max_length: int) -> None:
     result.report.over_max_length = {"max_length": max_length, "rows": over + lost, "answer_lost": lost}
 
 
+MIN_BLOCKS = 2     # one block to train on and one to hold out, at the least
+
+
+def _text_checks(result: Scan, tokenizer, stage: str, max_length: int, eval_fraction: float) -> None:
+    """Raw text: documents, tokens, blocks of max_length and the longest documents; too few blocks is an error."""
+    from backend.data.packing import text_stats
+
+    rows = [(n, canon) for n, canon in result.rows if result.log.row_ok(n, stage)]
+    stats = result.report.text_stats = text_stats(rows, tokenizer, max_length)
+    blocks = stats["blocks"]
+    train, held = split_sizes(blocks, eval_fraction if 0 <= eval_fraction < 1 else 0)
+    result.report.split = {"stage": stage, "train": train, "eval": held, "unit": "blocks"}
+    if rows and blocks < MIN_BLOCKS:
+        result.log.error(f"the {stats['documents']} documents hold {stats['tokens']} tokens, fewer than "
+                         f"{MIN_BLOCKS} blocks of max_length={max_length}; add text or lower max_length",
+                         stages=(stage,))
+    elif rows and eval_fraction > 0 and held == 0:
+        result.log.error(f"eval_fraction {eval_fraction} of {blocks} blocks is less than one block, so the eval "
+                         "split would be empty; add text, lower max_length, raise eval_fraction or set it to 0",
+                         stages=(stage,))
+
+
 def _stats(result: Scan) -> None:
     report, kind = result.report, result.kind
+    if kind == Kind.TEXT:
+        return      # documents have no turns; their numbers come with a tokenizer (_text_checks)
     counts = []
     desirable = undesirable = 0
     for _, canon in result.rows:

@@ -132,11 +132,14 @@ def render_card(facts: dict) -> str:
     """card.md: a short description, then the facts as a YAML block."""
     results = facts["results"]
     final = results.get("final_train_loss")
+    unit = "blocks" if facts["stage"] == "pretrain" else "rows"     # pretrain trains on packed blocks of text
+    perplexity = results.get("eval_perplexity")
+    held_out = "" if perplexity is None else f", held-out perplexity {perplexity:.2f}"
     return (
         f"# LoRA Studio adapter `{facts['job_id']}`\n\n"
         f"{facts['method'].upper()} adapter ({facts['stage'].upper()}) for **{facts['base_model']['name']}**, "
-        f"trained on dataset `{facts['dataset']['id']}` ({facts['dataset'].get('train_rows')} training rows) for "
-        f"{results.get('steps')} steps{'' if final is None else f', final train loss {final:.4f}'}.\n\n"
+        f"trained on dataset `{facts['dataset']['id']}` ({facts['dataset'].get('train_rows')} training {unit}) for "
+        f"{results.get('steps')} steps{'' if final is None else f', final train loss {final:.4f}'}{held_out}.\n\n"
         f"Lineage: {' -> '.join(facts['lineage'])}.\n\n"
         + _ranks_text(facts.get("adapter_ranks")) +
         f"{USE_HEADING}\n\nThe adapter is in `adapter/` next to this card. Load it with peft on its base model "

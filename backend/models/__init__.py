@@ -9,9 +9,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -265,9 +267,12 @@ def _read_meta(folder: Path) -> ModelInfo | None:
 
 def _write_meta(folder: Path, info: ModelInfo) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(asdict(info), indent=2))
-    tmp.replace(folder / META_FILE)
+    # a temp name of this writer's own: two processes (or serving threads) importing the same folder at once must
+    # not move each other's temp file away (the loser's replace() raised FileNotFoundError)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=META_FILE + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(asdict(info), indent=2))
+    os.replace(tmp, folder / META_FILE)
 
 
 def _read_json(path: Path, folder: Path) -> dict:

@@ -158,7 +158,10 @@ class Engine:
     def _same_base(self, spec: str) -> bool:
         if spec == self.model_name:
             return True
-        try:   # a registry name or a folder; a job never names a .gguf after training, so nothing converts here
+        folder = Path(spec).expanduser()
+        if folder.is_dir():   # a folder: compared as a path, not re-imported (that hashes its weights) per request
+            return folder.resolve() == Path(self.info.path).resolve()
+        try:   # a registry name; a job never names a .gguf after training, so nothing converts here
             return Path(models.resolve(spec).path).resolve() == Path(self.info.path).resolve()
         except (models.ModelError, OSError):
             return False

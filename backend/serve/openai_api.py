@@ -234,3 +234,25 @@ def _text(content: str | list[dict]) -> str:
 def _one_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def serve_in_thread(app: FastAPI, start_timeout_s: float = 30.0):
+    """The API on a free loopback port in a daemon thread (tests and the serve bench talk to it over real HTTP):
+    (uvicorn server, its thread, the port). Stop it with `server.should_exit = True` and join the thread."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"the API server did not start on 127.0.0.1:{port} within {start_timeout_s:.0f} s")
+        time.sleep(0.02)
+    return server, thread, port

@@ -14,6 +14,7 @@ RECIPES = {
     Stage.DPO: "backend.stages.dpo",
     Stage.ORPO: "backend.stages.orpo",
     Stage.KTO: "backend.stages.kto",
+    Stage.PRETRAIN: "backend.stages.pretrain",
 }
 
 

@@ -136,6 +136,7 @@ def train(config: JobConfig, run_dir: Path, hooks=None, job_id: str = "", callba
         "wall_time_s": round(time.monotonic() - started, 2),
         "adapter_dir": str(adapter_dir),
     }
+    results.update(recipe.final_results(results))
     rows = {"rows": len(dataset.rows), "train_rows": len(train_rows), "eval_rows": len(eval_rows),
             "evaluated_rows": len(eval_set), "dropped_rows": split.dropped}
     card.write_run(run_dir, job_id=job_id or run_dir.name, config=config, model_info=model_info,
@@ -167,6 +168,7 @@ def split_examples(config: JobConfig, recipe, dataset, tokenizer) -> Split:
             dropped += 1
         else:
             pairs.append((row, example))
+    pairs = recipe.pack(config, tokenizer, pairs)
     max_length = config.training.max_length
     if dropped:
         log.warning(recipe.dropped_warning.replace("{unit}", recipe.unit), dropped, max_length)

@@ -37,8 +37,17 @@ class StageRecipe:
         """The training example of one canonical row, or None when max_length leaves it nothing to train."""
         raise NotImplementedError
 
+    def pack(self, config: JobConfig, tokenizer, pairs: list[tuple[dict, dict]]) -> list[tuple[dict, dict]]:
+        """Before the split: (source row, example) pairs regrouped if the stage trains on something else than one
+        example per row (pretrain: blocks of packed documents, so the eval split holds out whole blocks)."""
+        return pairs
+
     def arrange(self, config: JobConfig, examples: list[dict], train_rows: list[dict]) -> dict:
         """After the split: reorder train_rows in place if the stage needs it; returns facts for the results."""
+        return {}
+
+    def final_results(self, results: dict) -> dict:
+        """After training: values the stage derives from the shared results (pretrain: eval perplexity)."""
         return {}
 
     def build_trainer(self, config: JobConfig, model, args: dict, inputs: dict, precision: dict) -> BuiltTrainer:

@@ -127,7 +127,7 @@ def test_register_with_a_name_then_list_and_check_by_name(tmp_path, capsys):
 
 
 def test_register_refuses_an_unusable_file_with_one_sentence(tmp_path, capsys):
-    path = write(tmp_path, [{"text": "plain"} for _ in range(12)])
+    path = write(tmp_path, [{"body": "plain"} for _ in range(12)])
     assert data_cli("register", path) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "cannot tell the format" in err and len(err.strip().splitlines()) == 1

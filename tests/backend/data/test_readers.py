@@ -203,9 +203,9 @@ def test_data_dirs_env_extends_the_allowed_folders(tmp_path, monkeypatch):
 
 
 def test_unsupported_extension(tmp_path):
-    path = tmp_path / "data.txt"
+    path = tmp_path / "data.xml"      # .txt / .md are raw text now (tests/backend/data/test_corpus.py)
     path.write_text("hello\n")
-    assert "unsupported extension '.txt'" in only_error(validate(path)).message
+    assert "unsupported extension '.xml'" in only_error(validate(path)).message
 
 
 def test_csv_kto_with_text_labels_and_jsonl_saved_as_json(tmp_path):

@@ -55,6 +55,19 @@ def test_hf_folder_import_registers_in_place(tiny_model_dir):
     assert "tiny" in {m.name for m in models.list_models()}
 
 
+def test_concurrent_imports_of_one_folder_all_succeed(tiny_model_dir):
+    """Serving threads resolve a job's base folder at once; each import rewrites the registry entry, and they
+    used to share one temp file, so a loser's replace() raised FileNotFoundError (a spurious 'other base')."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        infos = list(pool.map(lambda _: models.import_model(tiny_model_dir), range(32)))
+    assert {info.path for info in infos} == {str(tiny_model_dir)}
+    folder = Path(models.workspace.models_dir()) / infos[0].name
+    assert json.loads((folder / models.META_FILE).read_text())["path"] == str(tiny_model_dir)
+    assert not list(folder.glob("*.tmp")), "no temp file may be left behind"
+
+
 def test_missing_path_is_one_clear_sentence(tmp_path):
     with pytest.raises(ModelError, match="does not exist") as error:
         models.resolve(str(tmp_path / "nowhere.gguf"))

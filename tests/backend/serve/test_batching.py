@@ -3,7 +3,6 @@ generate call and answer as each would alone; a client that leaves frees its row
 hold per row; the `openai` client sees the same texts concurrently as one by one."""
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
@@ -13,9 +12,9 @@ import pytest
 
 from backend import models
 from backend.serve.engine import Engine
-from backend.serve.openai_api import build_api
+from backend.serve.openai_api import build_api, serve_in_thread
 from tests.backend.conftest import finished_job
-from tests.backend.serve.test_openai_api import QUESTION, _serve
+from tests.backend.serve.test_openai_api import QUESTION
 
 PROMPT = "The capital of France is"
 
@@ -32,7 +31,7 @@ def served(tmp_path_factory, tiny_model_dir):
         jobs = [finished_job(base, steps=6, lr=1e-1), finished_job(base, steps=4, lr=1e-1, seed=2),
                 finished_job(base, steps=5, lr=1e-1, seed=3)]
         engine = Engine(base, max_adapters=4)
-        server, thread, port = _serve(build_api(engine, None))
+        server, thread, port = serve_in_thread(build_api(engine, None))
         yield SimpleNamespace(home=home, base=base, jobs=jobs, engine=engine, url=f"http://127.0.0.1:{port}/v1")
         server.should_exit = True
         thread.join(10)

@@ -5,8 +5,6 @@ every interface without one."""
 from __future__ import annotations
 
 import shutil
-import socket
-import threading
 import time
 from types import SimpleNamespace
 
@@ -20,29 +18,13 @@ from backend.jobs.checkpoints import COMPLETE_MARKER
 from backend.models import adapters
 from backend.serve.chat import GenerationSettings, answer
 from backend.serve.engine import Engine
-from backend.serve.openai_api import build_api
+from backend.serve.openai_api import build_api, serve_in_thread
 from tests.backend.conftest import finished_job
 from tests.conftest import BUNDLED
 
 QUESTION = [{"role": "user", "content": "Who are you?"}]
 GREEDY = {"temperature": 0, "max_tokens": 12}
 KEY = "test-key-123"
-
-
-def _serve(app) -> tuple[object, threading.Thread, int]:
-    import uvicorn
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.02)
-    return server, thread, port
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +54,8 @@ def served(tmp_path_factory, tiny_model_dir, bundled_model_dir):
         no_checkpoint = jobs.create(config, status="running").id
 
         engine = Engine(base, max_adapters=2)
-        open_server, open_thread, port = _serve(build_api(engine, None))
-        keyed_server, keyed_thread, keyed_port = _serve(build_api(engine, KEY))
+        open_server, open_thread, port = serve_in_thread(build_api(engine, None))
+        keyed_server, keyed_thread, keyed_port = serve_in_thread(build_api(engine, KEY))
         yield SimpleNamespace(home=home, base=base, a=job_a, b=job_b, other=other_job, engine=engine,
                               with_checkpoint=with_checkpoint, no_checkpoint=no_checkpoint,
                               url=f"http://127.0.0.1:{port}/v1", keyed_url=f"http://127.0.0.1:{keyed_port}/v1")
