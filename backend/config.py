@@ -37,6 +37,9 @@ class LoraSettings:
     rslora: bool = _f(False, "rsLoRA: scale by alpha / sqrt(r) so higher ranks keep learning.")
     loraplus_ratio: typing.Optional[float] = _f(None, "LoRA+: learning-rate ratio of B to A (e.g. 16); empty = off.",
                                                 min=1.0)
+    calibration_rows: int = _f(64, "EVA / CorDA: training rows run through the base model before training to choose "
+                               "the adapter's starting directions (more = steadier directions, a longer start).",
+                               min=1, max=100_000)
 
 
 @dataclass(frozen=True)
@@ -116,12 +119,24 @@ class ResourceSettings:
 class JobConfig:
     model: str = _f("smollm2-135m-instruct", "Base model: a registry name, a local folder, a .gguf file or a hub id.")
     dataset: str = _f("identity-demo", "Dataset: a demo name, a saved dataset's name or id, or a file path.")
+    mix: typing.Any = _f({}, "Other datasets mixed into the training rows, each with its share, e.g. "
+                         "{replay: 0.1} = 10 % of the rows. `replay` is the base model's own answers to varied "
+                         "prompts (distilled once per base when the job starts): the usual guard against forgetting. "
+                         "An epoch is every training row of `dataset` once plus the mixed rows in proportion; "
+                         "held-out rows come from `dataset` only.")
     stage: Stage = _f(Stage.SFT, "Training stage: sft, dpo, orpo, kto, or pretrain (continued pretraining on raw text).", choices=Stage.values())
     method: Method = _f(Method.LORA, "Fine-tuning method: lora, qlora (4-bit base), dora, qdora (DoRA on a 4-bit base), "
                      "pissa, vera (shared random matrices, ~10x fewer trained parameters; lora.r = projection rank), "
                      "ia3 (learned rescaling vectors, the fewest parameters), loha / lokr (Hadamard / Kronecker "
-                     "products: more expressive per parameter), oft (orthogonal: keeps the base's angles), or adalora (starts at "
-                     "adalora.init_r and moves the rank budget to the layers that matter during training).",
+                     "products: more expressive per parameter), oft (orthogonal: keeps the base's angles), adalora (starts at "
+                     "adalora.init_r and moves the rank budget to the layers that matter during training), or a "
+                     "LoRA initialisation (same adapter and cost as lora, a better start): olora (orthonormal QR "
+                     "factors of each weight: often converges faster; the base is changed at init and the adapter "
+                     "saved as a plain LoRA of twice the rank), eva (starts from the directions in which the "
+                     "training rows' activations vary most and moves rank between layers; runs the base on "
+                     "lora.calibration_rows rows first; the model starts unchanged), corda (decomposes each weight "
+                     "against those activations, so the adapter starts on the task's directions; like olora the "
+                     "saved adapter is a plain LoRA of twice the rank).",
                      choices=Method.values())
     chat_template: typing.Optional[str] = _f(None, "Chat template for a base model without one: chatml, llama3, "
                                               "alpaca or vicuna (empty = the model's own).",
@@ -209,6 +224,7 @@ class JobConfig:
             errors.append("training.precision: fp16 needs a CUDA GPU; use auto or fp32 on this machine")
         if self.method == Method.ADALORA:
             errors.extend(_adalora_problems(self))
+        errors.extend(_mix_problems(self))
         if self.stage in Stage.values() and Stage(self.stage).is_preference and self.alignment.beta <= 0:
             errors.append("alignment.beta: must be above 0 for preference stages (0.1 to 0.5 is typical)")
         return errors
@@ -287,6 +303,26 @@ def _adalora_problems(config: "JobConfig") -> list[str]:
     if ada.warmup + ada.final >= 1:
         return ["adalora.warmup + adalora.final must leave steps to re-allocate ranks in (their sum below 1)"]
     return []
+
+
+def _mix_problems(config: "JobConfig") -> list[str]:
+    """mix: {dataset: share}, shares above 0 that leave the job's own dataset a share."""
+    mix = config.mix
+    example = "e.g. {replay: 0.1} for 10 % of the training rows"
+    if not isinstance(mix, dict):
+        return [f"mix: expected datasets with their shares, {example}"]
+    problems = []
+    for name, share in mix.items():
+        if not isinstance(name, str) or not name.strip():
+            problems.append(f"mix: a dataset name is empty; name each dataset, {example}")
+        elif name == config.dataset:
+            problems.append(f"mix.{name}: is the job's own dataset; mix in other datasets")
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
+            problems.append(f"mix.{name}: the share {share!r} must be a number above 0 and below 1, {example}")
+    if not problems and sum(mix.values()) >= 1:
+        problems.append(f"mix: the shares add up to {sum(mix.values()):g}; keep them below 1 so that the job's own "
+                        "dataset keeps a share")
+    return problems
 
 
 def _build(cls, data, prefix: str, errors: list[str]):

@@ -47,6 +47,9 @@ class Method(StrEnum):
     LOKR = "lokr"
     OFT = "oft"
     ADALORA = "adalora"
+    OLORA = "olora"
+    EVA = "eva"
+    CORDA = "corda"
 
 
 class JobStatus(StrEnum):

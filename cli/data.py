@@ -1,11 +1,13 @@
 """`lorastudio data check FILE [--stage S] [--model M] [--max-length N] [--eval-fraction F] [--json]`,
-`lorastudio data register FILE [--name NAME]` and `lorastudio data list [--json]`.
+`lorastudio data register FILE [--name NAME]`, `lorastudio data replay [--model M]` and
+`lorastudio data list [--json]`.
 
 check: exit 0 when the dataset is usable for the stage (for at least one stage when none is given), 1 when not.
 Without --model, token lengths are checked with the bundled model only if it is already converted.
 register: the Data tab's "Save upload as dataset": validates and stores the file, prints its id (stdout, one
 line); with --name the dataset is found by that name wherever an id is accepted. Exit 1 with one sentence when
 the file is unusable or the name is taken.
+replay: distils the base model's replay set (backend/data/replay.py) unless it is there; prints its id.
 list: the saved datasets (demos first), one line each, or a JSON list of objects with --json.
 """
 from __future__ import annotations
@@ -44,6 +46,13 @@ def add_parser(subparsers) -> None:
     register.add_argument("--mapping", help="column mapping as JSON, {canonical: column in the file}, e.g. "
                                             "'{\"prompt\": \"question\", \"completion\": \"answer\"}'")
     register.set_defaults(handler=run_register)
+    replay = actions.add_parser("replay", help="distil the replay set of a base model (its own answers to varied "
+                                               "prompts), which `mix: {replay: 0.1}` mixes into a job against "
+                                               "forgetting; a job builds it on first use too")
+    replay.add_argument("--model", default="smollm2-135m-instruct", help="the base model (default: the bundled one)")
+    replay.add_argument("--chat-template", default=None, help="for a base model without a chat template: chatml, "
+                                                              "llama3, alpaca or vicuna")
+    replay.set_defaults(handler=run_replay)
     listing = actions.add_parser("list", help="list the saved datasets")
     listing.add_argument("--json", action="store_true", help="a JSON list on stdout")
     listing.set_defaults(handler=run_list)
@@ -137,6 +146,28 @@ def run_register(args) -> int:
     shown = f"'{meta['name']}' " if meta.get("named") else ""
     print(f"saved dataset {shown}({dataset_id}): {meta.get('rows')} rows, {meta.get('kind')} data, usable for "
           f"{', '.join(s for s, ok in (meta.get('stages') or {}).items() if ok) or 'no stage'}", file=sys.stderr)
+    print(dataset_id)
+    return 0
+
+
+def run_replay(args) -> int:
+    from backend import data
+    from backend.data.replay import ensure_replay
+
+    def progress(done: int, total: int, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            dataset_id = ensure_replay(args.model, args.chat_template, progress)
+        meta = data.dataset_info(dataset_id)
+    except Exception as error:  # noqa: BLE001 - one sentence, never a traceback
+        print(f"error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    made = meta.get("replay", {})
+    print(f"replay set '{meta['name']}' ({dataset_id}): {meta.get('rows')} answers of {made.get('model')} "
+          f"({made.get('trimmed_answers', 0)} trimmed to their last full sentence, {made.get('left_out', 0)} left "
+          "out); mix it into a job with --set mix.replay=0.1", file=sys.stderr)
     print(dataset_id)
     return 0
 

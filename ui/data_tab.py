@@ -1,6 +1,7 @@
 """Data tab: upload (drag and drop) or pick a registered / demo dataset; the validation report (errors with
 row numbers, warnings, stage compatibility), a column mapping when the format cannot be detected, a preview
-through the chosen model's chat template (trained spans highlighted) and the token-length histogram.
+through the chosen model's chat template (trained spans highlighted) and the token-length histogram. Raw text
+(stage pretrain) has its own report: documents, tokens, blocks of max_length, the tail dropped, the longest documents.
 
 Handlers are plain functions of plain values; `build()` wires them.
 """
@@ -20,10 +21,10 @@ from ui.common import md_escape, one_line
 
 ANY_STAGE = "any"
 STAGE_CHOICES = [ANY_STAGE, *Stage.values()]
-UPLOAD_TYPES = [".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet"]
+UPLOAD_TYPES = [".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet", ".txt", ".md"]
 # canonical columns a user can map file columns onto (formats.apply_mapping: {canonical: column in file})
 MAPPABLE = ("messages", "instruction", "input", "output", "prompt", "completion", "chosen", "rejected", "label",
-            "system", "tools")
+            "system", "tools", "text")
 SHOWN_GROUPS = 20
 
 
@@ -81,12 +82,19 @@ def report_markdown(report) -> str:
              f"{format_label(report.format, 'format not detected')} · {report.rows} rows read · "
              f"{report.usable_rows} without errors"]
     if report.split:
-        lines[-1] += f" · split {report.split.get('train', '?')} train / {report.split.get('eval', '?')} eval"
+        unit = f" {report.split['unit']}" if report.split.get("unit") else ""
+        lines[-1] += (f" · split {report.split.get('train', '?')} train / {report.split.get('eval', '?')} eval"
+                      f"{unit}")
     if report.stages:
         lines.append("| stage | usable | rows | note |\n|---|---|---|---|")
         lines[-1] += "".join(f"\n| {s.upper()} | {'yes' if c.usable else 'no'} | {c.rows} | "
                              f"{md_escape(c.reason or '')} |" for s, c in report.stages.items())
-    if report.token_lengths:
+    if report.text_stats:
+        lines.append(text_stats_markdown(report.text_stats))
+    elif report.kind == "text" and report.rows:
+        lines.append("_Documents, tokens and blocks need a ready model's tokenizer: pick one above (the bundled "
+                     "model once converted)._")
+    elif report.token_lengths:
         t, over = report.token_lengths, report.over_max_length or {}
         lines.append(f"Tokens per row: min {t['min']}, median {t['median']}, p95 {t['p95']}, max {t['max']}; "
                      f"**{over.get('rows', 0)}** over max_length {report.max_length} "
@@ -103,6 +111,19 @@ def report_markdown(report) -> str:
     return "\n\n".join(lines)
 
 
+def text_stats_markdown(stats: dict) -> str:
+    """Raw text's own numbers (backend.data.packing.text_stats): what packing into blocks keeps and drops."""
+    blocks, length, tail = stats["blocks"], stats["block_length"], stats["tail_tokens"]
+    lines = [f"**Raw text** · {stats['documents']:,} documents · {stats['tokens']:,} tokens (an EOS after each "
+             f"document included) · **{blocks:,} full blocks** of max_length {length} · {tail:,} tail tokens "
+             "dropped (the last partial block; every block trains on all of its tokens, no chat template)."]
+    if stats.get("longest"):
+        lines.append("| longest documents | source | tokens |\n|---|---|---|" + "".join(
+            f"\n| row {item['row']} | {md_escape(item.get('source') or '-')} | {item['tokens']:,} |"
+            for item in stats["longest"]))
+    return "\n\n".join(lines)
+
+
 def needs_mapping(report) -> bool:
     """Offer the column mapping when the format could not be detected but columns were read, or when the file
     has columns the detected format does not read."""
@@ -110,6 +131,8 @@ def needs_mapping(report) -> bool:
 
 
 def histogram(report):
+    if report.text_stats:
+        return _blocks_figure(report.text_stats)
     if report.label_balance and not report.length_values:
         return label_balance_figure(report.label_balance)
     if not report.length_values:
@@ -120,6 +143,18 @@ def histogram(report):
         fig.update_layout(height=300, xaxis={"visible": False}, yaxis={"visible": False})
         return fig
     return token_length_figure(report)
+
+
+def _blocks_figure(stats: dict):
+    """Raw text has no rows to cut at max_length: its tokens as full blocks and the tail that packing drops."""
+    import plotly.graph_objects as go
+
+    used = stats["blocks"] * stats["block_length"]
+    fig = go.Figure(go.Bar(x=["in full blocks", "tail dropped"], y=[used, stats["tail_tokens"]],
+                           marker_color=["#4c78a8", "#e45756"]))
+    fig.update_layout(title=f"Tokens packed into {stats['blocks']} blocks of {stats['block_length']}",
+                      yaxis_title="tokens", height=300, showlegend=False, margin={"l": 40, "r": 20, "t": 50, "b": 40})
+    return fig
 
 
 def preview_stage(report, stage: str | None) -> str | None:
@@ -141,6 +176,10 @@ def preview_block(spec: str, report, stage: str | None, model: str | None, max_l
                                column_mapping=clean_mapping(mapping))
     except Exception as error:  # noqa: BLE001
         return f"<i>No preview: {html.escape(one_line(error))}</i>"
+    if stage == Stage.PRETRAIN:
+        legend = ("<div><mark style='background:#c8f7c5'>trained (carries loss)</mark>: raw text, no chat "
+                  "template; every token of a document and the EOS after it are trained · stage PRETRAIN</div>")
+        return legend + preview_html(entries)
     legend = ("<div><mark style='background:#c8f7c5'>trained (carries loss)</mark> · "
               "<span style='opacity:.65'>prompt (masked)</span> · <s style='opacity:.45'>cut at max_length</s>"
               f" · stage {stage.upper()}</div>")
@@ -199,7 +238,7 @@ def build(gr) -> DataTab:
     tab = DataTab(mapping={})
     with gr.Row():
         with gr.Column(scale=2):
-            tab.upload = gr.File(label="Drop a dataset file here (.jsonl, .json, .csv, .parquet)",
+            tab.upload = gr.File(label="Drop a dataset file here (.jsonl, .json, .csv, .parquet; .txt / .md text for pretrain)",
                                  file_types=UPLOAD_TYPES, file_count="single", type="filepath",
                                  elem_classes=["ls-upload"])
         with gr.Column(scale=2):

@@ -22,8 +22,9 @@ from ui.common import UserError, dataset_choices, md_escape, one_line
 # Form fields in display order: (dotted config path, section). Every one becomes a control whose info is
 # field_help(path) and whose limits are field_limits(path).
 SECTIONS = {
-    "Model and data": ["model", "dataset", "stage", "method", "chat_template", "name", "init_adapter"],
-    "LoRA": ["lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "lora.rslora", "lora.loraplus_ratio"],
+    "Model and data": ["model", "dataset", "mix", "stage", "method", "chat_template", "name", "init_adapter"],
+    "LoRA": ["lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "lora.rslora", "lora.loraplus_ratio",
+             "lora.calibration_rows"],
     "Training": ["training.max_steps", "training.epochs", "training.learning_rate", "training.batch_size",
                  "training.grad_accum", "training.max_length", "training.eval_fraction", "training.seed",
                  "training.save_steps", "training.logging_steps", "training.eval_steps", "training.eval_max_rows",
@@ -38,6 +39,7 @@ SECTIONS = {
     "Resources": ["resources.gpus"],
 }
 FIELD_PATHS = [p for paths in SECTIONS.values() for p in paths]
+MAPPING_FIELDS = ("mix",)     # a mapping is one field (one text box), not a section of fields
 DEFAULT_PRESET = "quickstart"
 
 
@@ -60,7 +62,7 @@ def field_type(path: str):
 def flatten(data: dict, prefix: str = "") -> dict:
     out = {}
     for key, value in data.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and f"{prefix}{key}" not in MAPPING_FIELDS:
             out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
@@ -86,6 +88,8 @@ def form_value_to_config(path: str, value):
         return (value or "all-linear").strip() if isinstance(value, str) else value
     if path in ("chat_template", "init_adapter"):
         return None if value in ("", None, "(model's own)") else value
+    if path == "mix":
+        return mix_from_text(value) if isinstance(value, str) else value
     if path == "lora.loraplus_ratio":      # the number box shows 0 when empty: 0 / empty = off
         return None if value in ("", None, 0, 0.0) else value
     hint = field_type(path)
@@ -103,9 +107,28 @@ def config_to_form_value(path: str, value):
         return "(model's own)"
     if path == "init_adapter" and value is None:
         return ""
+    if path == "mix" and isinstance(value, dict):
+        return ", ".join(f"{name}: {share:g}" if isinstance(share, (int, float)) else f"{name}: {share}"
+                         for name, share in value.items())
     if path == "lora.loraplus_ratio" and value is None:
         return 0
     return value
+
+
+def mix_from_text(text: str):
+    """'replay: 0.1, my-set: 0.05' -> {'replay': 0.1, 'my-set': 0.05}; text that is no such list is returned as
+    it is, for the config's check to name."""
+    pairs = [part for part in (text or "").split(",") if part.strip()]
+    mix = {}
+    for part in pairs:
+        name, sep, share = part.rpartition(":")
+        try:
+            if not sep:
+                raise ValueError(part)
+            mix[name.strip()] = float(share)
+        except ValueError:
+            return text.strip()
+    return mix
 
 
 def form_to_config_dict(values: list, paths: list[str] = FIELD_PATHS) -> dict:
@@ -345,6 +368,8 @@ def _control(gr, path: str, value):
     if path == "dataset":
         return gr.Dropdown(choices=_safe(dataset_choices), value=value, label="dataset", info=info,
                            allow_custom_value=True, min_width=300, scale=2, elem_classes=["ls-train-wide"])
+    if path == "mix":
+        return gr.Textbox(value=value, label="mix in (dataset: share, ...)", info=info, placeholder="replay: 0.1")
     if path == "method":
         return gr.Radio(choices=[(METHODS[Method(m)].label, m) for m in limits["choices"]], value=value, label="method",
                         info=info)

@@ -3,7 +3,9 @@
 Each preview row is the rendered text cut into segments: trained (assistant answer, carries loss), masked
 (prompt: seen but not trained) and cut (beyond max_length: never seen). Token counts come from the same
 tokenisation the trainer uses (render.tokenize_conversation for SFT; prompt / prompt + answer for the
-preference and KTO stages, as TRL builds them).
+preference and KTO stages, as TRL builds them). Pretrain rows are raw text: no chat template, every token of the
+document and the EOS after it trained (backend.data.packing.document_ids, what the stage packs), never cut at
+max_length (documents run on across blocks).
 """
 from __future__ import annotations
 
@@ -44,6 +46,13 @@ def _cut_char(tokenizer, text: str, max_length: int) -> tuple[int, int | None]:
 
 def preview_row(tokenizer, stage: str, row: dict, max_length: int) -> list[dict]:
     """Preview entries for one stage row (two for DPO / ORPO: chosen and rejected)."""
+    if stage == Stage.PRETRAIN:
+        from backend.data.packing import document_ids
+
+        tokens = len(document_ids(tokenizer, row["text"]))
+        eos = {"text": tokenizer.eos_token, "trained": True, "cut": False}
+        return [{"answer": None, "segments": [{"text": row["text"], "trained": True, "cut": False}, eos],
+                 "tokens": tokens, "trained_tokens": tokens, "truncated": False}]
     tools = row.get("tools")
     if stage == Stage.SFT:
         rendered = render_conversation(tokenizer, row["messages"], tools)

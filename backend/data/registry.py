@@ -165,12 +165,12 @@ def _meta(dataset_id: str, name: str, result: Scan, data_file: str, demo: bool) 
 
 
 def register_upload(path: str | Path, name: str | None = None, column_mapping: dict | None = None,
-                    format_name: str | None = None) -> str:
+                    format_name: str | None = None, extra_meta: dict | None = None) -> str:
     """Validate and store an uploaded file; returns its id (the same id for the same content).
 
     With a name, the dataset is found by it everywhere an id is accepted; a name another dataset holds is a
     DataError (one sentence). Saving the same content again under a name names the existing dataset (when it
-    has no name yet)."""
+    has no name yet). extra_meta: more facts for meta.json (a replay set's provenance)."""
     path = Path(path)
     name = None if name is None or not str(name).strip() else str(name).strip()
     if name is not None:
@@ -196,6 +196,7 @@ def register_upload(path: str | Path, name: str | None = None, column_mapping: d
                 or result.log.bad_rows[number] is not None)
         meta = _meta(dataset_id, name or path.name, result, DATA_FILE, False)
         meta["named"] = name is not None
+        meta.update(extra_meta or {})
         _write_folder(dataset_id, rows, report_dict, meta)
     return dataset_id
 

@@ -1,7 +1,8 @@
 """Token lengths and tokenisation through the model's chat template, exactly as the trainer sees rows.
 
 SFT rows go through render.tokenize_conversation (assistant-only mask). Preference and KTO rows are measured
-as TRL builds them: the prompt rendered with the generation prompt, then prompt + answer rendered whole.
+as TRL builds them: the prompt rendered with the generation prompt, then prompt + answer rendered whole. Pretrain
+rows are raw text plus EOS, with no template.
 Big row sets are spread over all cores with datasets.map(num_proc=...); rows travel as JSON strings so
 Arrow never has to unify message schemas (tool_calls on some rows only, ...).
 """
@@ -36,6 +37,9 @@ def _render(tokenizer, messages, tools=None, add_generation_prompt=False) -> str
 def measure_row(tokenizer, stage: str, row: dict, max_length: int) -> dict:
     """{"length": tokens before truncation, "lost": no trained token survives max_length, "error": str|None}."""
     try:
+        if stage == Stage.PRETRAIN:     # raw text: every token trained, documents packed across blocks, none cut
+            from backend.data.packing import document_ids
+            return {"length": len(document_ids(tokenizer, row["text"])), "lost": False, "error": None}
         if stage == Stage.SFT:
             out = tokenize_conversation(tokenizer, row["messages"], max_length, tools=row.get("tools"))
             return {"length": out["length"], "lost": not any(out["assistant_masks"]), "error": None}

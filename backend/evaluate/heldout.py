@@ -4,7 +4,9 @@ The dataset is loaded for the job's stage, every row goes through the stage reci
 dropped for max_length are dropped here too) and through the harness's own seeded split
 (`backend.stages.harness.split_examples`), so the rows are the ones the trainer held out, in the same order.
 Each becomes a `HeldOutRow`: the prompt turns, the reference answer, and what the stage adds (DPO / ORPO: the
-chosen and rejected answers; KTO: the completion and its label), plus the row's tools.
+chosen and rejected answers; KTO: the completion and its label), plus the row's tools. A pretrain job holds out
+packed blocks of raw text, not rows: each held-out block becomes a row whose prompt is the opening of its text and
+whose reference is the continuation (`text_row`).
 
 `split(config, job_id)` gives every held-out row (the Playground's "eval split" takes the first ones);
 `load(ctx)` / `load_rows(ctx)` give the report's rows: at most `ctx.max_rows`, a seeded subset in split order
@@ -69,15 +71,19 @@ def split(config, job_id: str, tokenizer=None) -> HeldOut:
         # eval_fraction only adds the validator's split-size check; an empty split gets its own sentence below
         dataset = datasets_backend.load_for_stage(config.dataset, config.stage)
         tokenizer = tokenizer or models.load_tokenizer(config.model, config.chat_template)
-        held = split_examples(config, recipe_for(config.stage), dataset, tokenizer).eval_source_rows
+        job_split = split_examples(config, recipe_for(config.stage), dataset, tokenizer)
     except datasets_backend.DataError as error:
         raise EvalError(f"the held-out rows of job {job_id} cannot be rebuilt from dataset {config.dataset}: "
                         f"{str(error).rstrip('.')}") from error
-    if not held:
+    if not job_split.eval_examples:
         raise EvalError(f"job {job_id} has an empty eval split: training.eval_fraction = {fraction:g} of the "
                         f"{len(dataset.rows)} rows of dataset {dataset.id} rounds to no row; retrain with a larger "
                         "eval fraction or more rows")
-    rows = [to_row(config.stage, row, index, tokenizer) for index, row in enumerate(held)]
+    if config.stage == Stage.PRETRAIN:
+        # the held-out blocks themselves: their source documents may hold text the job trained on
+        rows = [text_row(block["input_ids"], index, tokenizer) for index, block in enumerate(job_split.eval_examples)]
+    else:
+        rows = [to_row(config.stage, row, index, tokenizer) for index, row in enumerate(job_split.eval_source_rows)]
     notes = []
     changed = _changed_since_training(job_id, dataset)
     if changed:
@@ -125,6 +131,11 @@ def to_row(stage, row: dict, index: int = 0, tokenizer=None) -> HeldOutRow:
     """One canonical row of the stage's kind (sft: messages; dpo / orpo: prompt / chosen / rejected; kto:
     prompt / completion / label) as a HeldOutRow; the answer is the last turn of its side."""
     tools = row.get("tools") or None
+    if stage == Stage.PRETRAIN:
+        if tokenizer is None:
+            raise EvalError("a raw-text row needs the model's tokenizer to be cut into prompt and continuation")
+        from backend.data.packing import document_ids
+        return text_row(document_ids(tokenizer, row["text"]), index, tokenizer)
     if stage == Stage.SFT:
         messages = list(row["messages"])
         last = max(i for i, m in enumerate(messages) if m.get("role") == "assistant")
@@ -143,6 +154,27 @@ def to_row(stage, row: dict, index: int = 0, tokenizer=None) -> HeldOutRow:
     rejected = answer_text(prompt, rejected_message, tools, tokenizer)
     return HeldOutRow(index, prompt, chosen, chosen=chosen, rejected=rejected, tools=tools,
                       reference_calls=tool_calls_of(chosen_message))
+
+
+def text_row(ids: list[int], index: int, tokenizer) -> HeldOutRow:
+    """Raw text (pretrain) as a row: the first half of the longest document piece in `ids` is the prompt, its
+    second half the reference. What a user expects of a CPT job is that the adapter continues held-out text the
+    way the corpus does; cutting at EOS keeps the continuation inside one document. (The prompt is still sent as
+    a user turn through the chat template, as every held-out prompt is.)"""
+    eos = tokenizer.eos_token_id
+    pieces, current = [], []
+    for token in ids:
+        if token == eos:
+            pieces.append(current)
+            current = []
+        else:
+            current.append(token)
+    pieces.append(current)
+    longest = max(pieces, key=len)
+    half = max(1, len(longest) // 2)
+    prompt = tokenizer.decode(longest[:half], skip_special_tokens=True).strip()
+    reference = tokenizer.decode(longest[half:], skip_special_tokens=True).strip()
+    return HeldOutRow(index, [{"role": "user", "content": prompt}], reference)
 
 
 def _last(side) -> dict:

@@ -128,6 +128,15 @@ def usage_python(kind: str, folder: str = ".", base: str | None = None, gguf_fil
 USE_HEADING = "## Use"
 
 
+def _mix_text(mix: list | None, unit: str) -> str:
+    """The datasets mixed into the training rows, each with its share and rows (run.json's dataset.mix)."""
+    if not mix:
+        return ""
+    parts = [f"`{m['name']}` ({m['id']}): {m['rows']} {unit}, {m['share'] * 100:g} %"
+             + (" (cycled through more than once)" if m.get("repeated") else "") for m in mix]
+    return f"Mixed into the training {unit}: {'; '.join(parts)}.\n\n"
+
+
 def render_card(facts: dict) -> str:
     """card.md: a short description, then the facts as a YAML block."""
     results = facts["results"]
@@ -140,6 +149,7 @@ def render_card(facts: dict) -> str:
         f"{facts['method'].upper()} adapter ({facts['stage'].upper()}) for **{facts['base_model']['name']}**, "
         f"trained on dataset `{facts['dataset']['id']}` ({facts['dataset'].get('train_rows')} training {unit}) for "
         f"{results.get('steps')} steps{'' if final is None else f', final train loss {final:.4f}'}{held_out}.\n\n"
+        + _mix_text(facts["dataset"].get("mix"), unit) +
         f"Lineage: {' -> '.join(facts['lineage'])}.\n\n"
         + _ranks_text(facts.get("adapter_ranks")) +
         f"{USE_HEADING}\n\nThe adapter is in `adapter/` next to this card. Load it with peft on its base model "

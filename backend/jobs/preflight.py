@@ -19,6 +19,14 @@ def problems(config: JobConfig) -> list[str]:
         report = data.validate(config.dataset, stage=config.stage, eval_fraction=config.training.eval_fraction)
         if not report.usable_for(config.stage):
             errors.append(f"dataset: {report.first_problem(config.stage) or f'not usable for {config.stage}'}")
+    if isinstance(config.mix, dict) and config.stage in Stage.values():
+        from backend.data.replay import REPLAY
+        for name in config.mix:
+            if name == REPLAY or not isinstance(name, str) or not name.strip():
+                continue        # replay: distilled from the base when the job starts
+            report = data.validate(name, stage=config.stage, eval_fraction=0)
+            if not report.usable_for(config.stage):
+                errors.append(f"mix.{name}: {report.first_problem(config.stage) or f'not usable for {config.stage}'}")
     if config.init_adapter:
         parent = jobs.get(config.init_adapter)
         adapter = workspace.run_dir(config.init_adapter) / "adapter" / "adapter_config.json"

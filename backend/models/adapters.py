@@ -56,7 +56,8 @@ def adapter_source(job_id: str) -> AdapterSource:
     checkpoint = latest_complete_checkpoint(job.run_dir / "checkpoints", remove_torn=False)
     if checkpoint is not None and (checkpoint / "adapter_config.json").is_file():
         if methods.spec(job.config.method).converts_at_save:
-            raise AdapterError(f"job {job.id} has only {checkpoint.name}; PiSSA checkpoints hold the adapter "
+            raise AdapterError(f"job {job.id} has only {checkpoint.name}; "
+                               f"{methods.spec(job.config.method).label} checkpoints hold the adapter "
                                "for the residual base and are converted when the job finishes: wait for it to "
                                "complete")
         return AdapterSource(job.id, checkpoint, f"{checkpoint.name} (job {job.status})", job.config, job.status)

@@ -185,7 +185,7 @@ def estimate(config, model_path: str | None = None, parameters: int = 0, cuda: b
     else:
         weights = dims["params"] * act_bytes
         if methods.spec(config.method).converts_at_save and not cuda and not config.init_adapter:
-            # the residual weights (W - USV^T) are new memory; the original pages, read for the SVD, stay mapped
+            # the residual weights (PiSSA, OLoRA, CorDA) are new memory; the original pages, read at init, stay mapped
             mapped = dims["linear"] * dims["checkpoint_bytes"]
 
     n_adapter = adapter_parameters(dims, config.lora.r, config.lora.target_modules)
@@ -220,12 +220,16 @@ def estimate(config, model_path: str | None = None, parameters: int = 0, cuda: b
     overhead = GPU_OVERHEAD if cuda else CPU_OVERHEAD + mapped
     if mapped:
         notes.append(f"includes {mapped / GIB:.2f} GiB of the checkpoint that stays memory-mapped after "
-                     f"{'quantizing' if quantized else 'the PiSSA SVD'} (file cache the system can reclaim)")
+                     f"{'quantizing' if quantized else 'the ' + methods.spec(config.method).label + ' init'} "
+                     "(file cache the system can reclaim)")
     if config.stage in (Stage.DPO, Stage.KTO):
         activations *= 2
         notes.append("preference stages run chosen and rejected (or reference) passes: activations doubled")
     if methods.spec(config.method).converts_at_save:
-        notes.append("PiSSA runs an SVD of each weight at start (brief extra memory)")
+        notes.append(f"{methods.spec(config.method).label} decomposes each weight at start (brief extra memory)")
+    if methods.spec(config.method).init_from_data is not None:
+        notes.append(f"{methods.spec(config.method).label} first runs the base on lora.calibration_rows training rows "
+                     "(inference only, less than a training step's memory)")
     return Estimate(weights=weights, adapter=adapter, optimizer=optimizer, activations=activations,
                     overhead=overhead, adapter_params=n_adapter + n_magnitude, notes=notes)
 

@@ -4,6 +4,12 @@ lora   plain LoRA                      dora   weight-decomposed LoRA (use_dora)
 qlora  LoRA on a 4-bit NF4 base        qdora  DoRA on a 4-bit NF4 base
 pissa  LoRA initialised from the principal singular vectors (fast SVD: pissa_niter_4); the base becomes
        the residual, so the adapter is converted back to plain LoRA against the original weights at save.
+olora  LoRA initialised from a QR decomposition of each weight (orthonormal B); residual base, converted
+       back at save like PiSSA.
+eva    data-driven: A from the singular vectors of each layer's inputs on lora.calibration_rows training rows,
+       B = 0 (the model starts unchanged); peft moves rank to the layers whose inputs vary most (rank_pattern).
+corda  data-driven: each weight decomposed against the covariance of its inputs on the calibration rows (IPM:
+       the task's directions); residual base, converted back at save.
 Toggles: rslora (alpha / sqrt(r) scaling), loraplus_ratio (LoRA+ optimizer: B learns ratio x faster).
 The rest of peft's family, each its own config class (peft_type): vera (one pair of frozen random matrices
 shared by every layer, only scaling vectors trained; lora.r is the shared projection rank), ia3 (learned
@@ -35,7 +41,15 @@ def build_lora(config: "JobConfig"):
     spec = METHODS[config.method]
     settings = config.lora
     targets = ATTENTION_MODULES if settings.target_modules == "attention" else settings.target_modules
+    extra = {}
+    if spec.init_lora_weights == "eva":
+        from peft import EvaConfig
+        extra["eva_config"] = EvaConfig()          # peft's defaults: rank may move between layers up to 2 x r
+    if spec.init_lora_weights == "corda":
+        from peft.tuners.lora.config import CordaConfig
+        extra["corda_config"] = CordaConfig(corda_method="ipm")   # instruction-previewed: fit the task's inputs
     return LoraConfig(
+        **extra,
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
@@ -99,6 +113,63 @@ def build_adalora(config: "JobConfig"):
                          target_modules=_targets(config), task_type="CAUSAL_LM")
 
 
+def _linear_module_names(model) -> list[str]:
+    """The names of the model's linear layers below the LM head: what "all-linear" means for this model."""
+    import torch
+
+    output = model.get_output_embeddings()
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear) and module is not output})
+
+
+def _padded_batches(rows: list[list[int]], size: int, pad_id: int) -> list[dict]:
+    """Token-id rows as right-padded {input_ids, attention_mask} batches of `size` rows."""
+    import torch
+
+    batches = []
+    for start in range(0, len(rows), size):
+        chunk = rows[start:start + size]
+        width = max(len(ids) for ids in chunk)
+        batches.append({
+            "input_ids": torch.tensor([ids + [pad_id] * (width - len(ids)) for ids in chunk]),
+            "attention_mask": torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in chunk]),
+        })
+    return batches
+
+
+def eva_init(base, peft_config, rows: list[list[int]], batch_size: int, pad_id: int):
+    """EVA: the adapter's A starts as the top right-singular vectors of each layer's inputs on the calibration
+    rows (B = 0, so the model starts unchanged); peft may move rank between layers (rank_pattern)."""
+    from peft import get_peft_model, initialize_lora_eva_weights
+
+    model = get_peft_model(base, peft_config)
+    batches = [{key: t.to(base.device) for key, t in batch.items()}
+               for batch in _padded_batches(rows, batch_size, pad_id)]
+    initialize_lora_eva_weights(model, batches, show_progress_bar=False)
+    return model
+
+
+def corda_init(base, peft_config, rows: list[list[int]], batch_size: int, pad_id: int):
+    """CorDA: each weight is decomposed against the covariance of its inputs on the calibration rows; the adapter
+    takes the top components (IPM), and the base keeps the residual, like PiSSA."""
+    import torch
+    from peft import get_peft_model
+    from peft.tuners.lora.corda import preprocess_corda
+
+    if isinstance(peft_config.target_modules, str):
+        # preprocess_corda matches target_modules by name only: "all-linear" becomes the model's linear layers
+        peft_config.target_modules = _linear_module_names(base)
+
+    def run_model():
+        # one row per forward: peft's covariance hook reads a (tokens, features) input, so no batch and no padding
+        with torch.no_grad():
+            for ids in rows:
+                base(input_ids=torch.tensor([ids], device=base.device))
+
+    preprocess_corda(base, peft_config, run_model=run_model)
+    return get_peft_model(base, peft_config)
+
+
 def adalora_callbacks(config: "JobConfig", run_dir) -> list:
     """AdaLoRA re-allocates its ranks from the gradients after each optimizer step, before they are zeroed:
     peft leaves that call to the training loop (`update_and_allocate`), so a trainer callback makes it."""
@@ -126,6 +197,8 @@ class MethodSpec:
     peft_type: str = "LORA"              # peft's family: only LORA composes, batches mixed adapters, and converts
                                          # to a llama.cpp LoRA GGUF
     trainer_callbacks: Callable | None = None   # (config, run_dir) -> TrainerCallbacks the method needs
+    init_from_data: Callable | None = None      # (base, peft_config, token-id rows, batch_size, pad_id) -> PeftModel:
+                                                # a data-driven init that runs the base on some training rows first
 
 
 METHODS: dict[Method, MethodSpec] = {spec.method: spec for spec in (
@@ -141,6 +214,9 @@ METHODS: dict[Method, MethodSpec] = {spec.method: spec for spec in (
     MethodSpec(Method.OFT, "OFT", build_peft_config=build_oft, peft_type="OFT"),
     MethodSpec(Method.ADALORA, "AdaLoRA", build_peft_config=build_adalora, peft_type="ADALORA",
                trainer_callbacks=adalora_callbacks),
+    MethodSpec(Method.OLORA, "OLoRA", init_lora_weights="olora", converts_at_save=True),
+    MethodSpec(Method.EVA, "EVA", init_lora_weights="eva", init_from_data=eva_init),
+    MethodSpec(Method.CORDA, "CorDA", init_lora_weights="corda", converts_at_save=True, init_from_data=corda_init),
 )}
 
 

@@ -31,11 +31,12 @@ def precision_flags(config: JobConfig) -> dict:
     return {"bf16": choice == Precision.BF16, "fp16": choice == Precision.FP16, "dtype": dtype, "use_cpu": not cuda}
 
 
-def load_peft_model(config: JobConfig, run_dir: Path, dtype):
+def load_peft_model(config: JobConfig, run_dir: Path, dtype, tokenizer=None, train_rows=()):
     """The base model (4-bit for qlora/qdora) with a trainable adapter: new, or the init_adapter's.
 
-    Returns (model, model_info, pissa_init_dir): for PiSSA the initial adapter is saved so the final one can
-    be converted to a plain LoRA relative to the untouched base.
+    Returns (model, model_info, initial_dir): for a method that changes the base at init (PiSSA, OLoRA, CorDA)
+    the initial adapter is saved so the final one can be converted to a plain LoRA relative to the untouched base.
+    A data-driven init (EVA, CorDA) first runs the base on the first lora.calibration_rows training rows.
     """
     import torch
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
@@ -53,19 +54,46 @@ def load_peft_model(config: JobConfig, run_dir: Path, dtype):
         base = prepare_model_for_kbit_training(
             base, use_gradient_checkpointing=config.training.gradient_checkpointing)
     base.config.use_cache = False
-    pissa_init_dir = None
+    initial_dir = None
+    spec = methods.spec(config.method)
     if config.init_adapter:
         model = PeftModel.from_pretrained(base, init_adapter_dir(config.init_adapter), is_trainable=True)
+    elif spec.init_from_data is not None:
+        rows = calibration_ids(config, tokenizer, train_rows)
+        log.info("%s init: running the base model on %d training rows", spec.label, len(rows))
+        model = spec.init_from_data(base, plan.peft_config, rows, config.training.batch_size,
+                                    tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     else:
         model = get_peft_model(base, plan.peft_config)
-        if methods.spec(config.method).converts_at_save:
-            pissa_init_dir = run_dir / "pissa-init"
-            adapter = model.peft_config["default"]
-            init = adapter.init_lora_weights
-            adapter.init_lora_weights = True  # saved as a plain LoRA so peft can convert against it later
-            model.save_pretrained(pissa_init_dir)
-            adapter.init_lora_weights = init
-    return model, info, pissa_init_dir
+    if spec.converts_at_save and not config.init_adapter:
+        initial_dir = run_dir / "initial-adapter"
+        adapter = model.peft_config["default"]
+        init = adapter.init_lora_weights
+        adapter.init_lora_weights = True  # saved as a plain LoRA so peft can convert against it later
+        model.save_pretrained(initial_dir)
+        adapter.init_lora_weights = init
+    return model, info, initial_dir
+
+
+def calibration_ids(config: JobConfig, tokenizer, train_rows) -> list[list[int]]:
+    """Token ids of the first lora.calibration_rows training examples, for a data-driven init (EVA, CorDA).
+
+    SFT and pretrain examples are already tokenized; a preference example is its prompt with the preferred (DPO,
+    ORPO) or given (KTO) answer, through the chat template, cut at max_length. The first rows of the seeded split:
+    the same every run of the job, so a resumed job rebuilds the same starting point.
+    """
+    rows = []
+    for example in list(train_rows)[:config.lora.calibration_rows]:
+        if "input_ids" in example:
+            ids = list(example["input_ids"])
+        else:
+            answer = example.get("chosen") or example.get("completion") or []
+            ids = tokenizer.apply_chat_template(example["prompt"] + answer, tokenize=True, return_dict=True)["input_ids"]
+        rows.append(ids[:config.training.max_length])
+    if not rows:
+        raise ValueError(f"method {config.method}: its init needs training rows to run the base model on; "
+                         "the dataset has none left after the split")
+    return rows
 
 
 def init_adapter_dir(job_id: str) -> Path:
@@ -207,14 +235,15 @@ def choose_reference(model, config: JobConfig) -> str:
       TRL made is dropped and the reference pass runs with the adapter disabled.
     - A chained job (init_adapter) keeps "ref", a frozen copy of the starting adapter: the reference is base +
       SFT adapter, as the DPO recipe requires, over the same base weights.
-    - PiSSA keeps "ref" too: its base holds the residual, so only base + initial adapter is the original model.
+    - PiSSA, OLoRA and CorDA keep "ref" too: their base holds the residual, so only base + initial adapter is the
+      original model.
     """
     if "ref" not in model.peft_config:
         return "base model (adapter disabled)"
     if config.init_adapter:
         return f"base + adapter of job {config.init_adapter} (frozen copy)"
     if methods.spec(config.method).converts_at_save:
-        return "base + initial PiSSA adapter (frozen copy)"
+        return f"base + initial {methods.spec(config.method).label} adapter (frozen copy)"
     model.delete_adapter("ref")
     return "base model (adapter disabled)"
 
@@ -247,20 +276,23 @@ def split_rows(rows: list, eval_fraction: float, seed: int) -> tuple[list, list]
     return ([r for i, r in enumerate(rows) if i not in eval_ids], [r for i, r in enumerate(rows) if i in eval_ids])
 
 
-def save_adapter(model, tokenizer, run_dir: Path, pissa_init_dir: Path | None) -> Path:
-    """Standard PEFT files plus the tokenizer (with the training chat template) in runs/<id>/adapter/."""
+def save_adapter(model, tokenizer, run_dir: Path, initial_dir: Path | None) -> Path:
+    """Standard PEFT files plus the tokenizer (with the training chat template) in runs/<id>/adapter/.
+
+    initial_dir: the initial adapter of a method that changed the base at init (PiSSA, OLoRA, CorDA); the saved
+    adapter is then converted to a plain LoRA (twice the rank) against the original weights."""
     adapter_dir = run_dir / "adapter"
     staging = run_dir / ".adapter.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    if pissa_init_dir is not None:
-        # convert PiSSA (residual base) into a plain LoRA against the original weights
-        model.save_pretrained(staging, path_initial_model_for_weight_conversion=str(pissa_init_dir),
+    if initial_dir is not None:
+        # convert the residual-base adapter into a plain LoRA against the original weights
+        model.save_pretrained(staging, path_initial_model_for_weight_conversion=str(initial_dir),
                               selected_adapters=["default"])
     else:
         model.save_pretrained(staging, selected_adapters=["default"])  # not a preference stage's frozen "ref"
     tokenizer.save_pretrained(staging)
     shutil.rmtree(adapter_dir, ignore_errors=True)
     staging.rename(adapter_dir)
-    if pissa_init_dir is not None:
-        shutil.rmtree(pissa_init_dir, ignore_errors=True)
+    if initial_dir is not None:
+        shutil.rmtree(initial_dir, ignore_errors=True)
     return adapter_dir

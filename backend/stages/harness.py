@@ -17,7 +17,7 @@ from typing import Callable
 from backend import data as datasets_backend
 from backend import models
 from backend.config import JobConfig
-from backend.stages import common
+from backend.stages import common, mixing
 from backend.vocab import Phase
 
 log = logging.getLogger("lorastudio")
@@ -57,12 +57,16 @@ def train(config: JobConfig, run_dir: Path, hooks=None, job_id: str = "", callba
     common.check_init_adapter(config)
     tokenizer = models.load_tokenizer(config.model, config.chat_template)
     split = split_examples(config, recipe, dataset, tokenizer)
-    train_rows, eval_rows = split.train_examples, split.eval_examples
+    # other datasets mixed in by share (training rows only; the held-out rows stay the job's own)
+    mixed, mix_sources = mixing.mix_in(config, recipe, tokenizer, len(split.train_examples),
+                                       lambda done, total, text: hooks.phase(Phase.LOADING, done, total))
+    train_rows, eval_rows = split.train_examples + mixed, split.eval_examples
     facts = recipe.arrange(config, split.examples, train_rows)
 
     # 2. Model with its adapter (new, or a finished job's with init_adapter).
     precision = common.precision_flags(config)
-    model, model_info, pissa_init_dir = common.load_peft_model(config, run_dir, precision["dtype"])
+    model, model_info, initial_dir = common.load_peft_model(config, run_dir, precision["dtype"], tokenizer,
+                                                            train_rows)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("model %s (%s), method %s, stage %s: %d trainable parameters, world size %s", model_info.name,
              model_info.architecture, config.method, config.stage, trainable, os.environ.get("WORLD_SIZE", "1"))
@@ -121,7 +125,7 @@ def train(config: JobConfig, run_dir: Path, hooks=None, job_id: str = "", callba
 
     log.info("phase: saving the adapter and the card")
     hooks.phase(Phase.SAVING)
-    adapter_dir = common.save_adapter(model, tokenizer, run_dir, pissa_init_dir)
+    adapter_dir = common.save_adapter(model, tokenizer, run_dir, initial_dir)
     metrics = Metrics.read(run_dir / "metrics.jsonl")
     losses = metrics.losses
     results = {
@@ -139,6 +143,8 @@ def train(config: JobConfig, run_dir: Path, hooks=None, job_id: str = "", callba
     results.update(recipe.final_results(results))
     rows = {"rows": len(dataset.rows), "train_rows": len(train_rows), "eval_rows": len(eval_rows),
             "evaluated_rows": len(eval_set), "dropped_rows": split.dropped}
+    if mix_sources:     # train_rows above counts them too; the dataset's own share is train_rows - their rows
+        rows["mix"] = [source.to_dict() for source in mix_sources]
     card.write_run(run_dir, job_id=job_id or run_dir.name, config=config, model_info=model_info,
                    dataset=dataset, rows=rows, results=results)
     return results

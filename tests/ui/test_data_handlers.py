@@ -73,3 +73,50 @@ def test_register_with_a_taken_name_is_one_sentence(workspace):
     assert data_tab.register(str(write_jsonl(workspace / "a.jsonl", [chat(i) for i in range(20)])), "mine") == "mine"
     with pytest.raises(DataError, match="^dataset name 'mine' is already used by ds-"):
         data_tab.register(str(write_jsonl(workspace / "b.jsonl", [chat(i + 50) for i in range(20)])), "mine")
+
+
+def test_raw_text_has_its_own_report_preview_and_figure(workspace, tiny_model):
+    words = "the keeper climbs the white lighthouse every evening and lights the lamp"
+    folder = workspace / "corpus"
+    (folder / "notes").mkdir(parents=True)
+    texts = {"a.txt": words, "notes/long.md": " ".join([words] * 20), "b.txt": words + " again"}
+    for name, text in texts.items():
+        (folder / name).write_text(text)
+    tokenizer = data_tab.tokenizer_for(tiny_model)
+    lengths = {name: len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1 for name, text in texts.items()}
+    tokens = sum(lengths.values())
+
+    result = data_tab.check(str(folder), "pretrain", tiny_model, 16)
+    assert result.ok, result.report_md
+    md = result.report_md
+    assert f"3 documents · {tokens} tokens" in md
+    assert f"**{tokens // 16} full blocks** of max_length 16 · {tokens % 16} tail tokens dropped" in md
+    held = round(tokens // 16 * 0.1)
+    assert f"split {tokens // 16 - held} train / {held} eval blocks" in md
+    # the longest documents, longest first, with the file each came from
+    assert f"| row 3 | notes/long.md | {lengths['notes/long.md']} |" in md
+    assert md.index("notes/long.md") < md.index("| b.txt |") < md.index("| a.txt |")
+    # the preview shows raw text, every token and the EOS after it trained, no chat template
+    assert "no chat template" in result.preview and "<|im_start|>" not in result.preview
+    assert f"row 1: {lengths['a.txt']} tokens, {lengths['a.txt']} trained" in result.preview
+    assert f">{html_escape(tokenizer.eos_token)}</mark>" in result.preview
+    figure = json.dumps(result.figure.to_dict())
+    assert f"Tokens packed into {tokens // 16} blocks of 16" in figure
+
+    # without a tokenizer the report says what is missing; SFT on raw text says which stage to use
+    bare = data_tab.check(str(folder), "pretrain", None, 16)
+    assert "need a ready model's tokenizer" in bare.report_md and "full blocks" not in bare.report_md
+    sft = data_tab.check(str(folder), "sft", tiny_model, 16)
+    assert not sft.ok and "use stage pretrain" in sft.report_md
+
+
+def test_too_little_text_for_two_blocks_is_one_sentence(workspace, tiny_model):
+    (workspace / "short.txt").write_text("a lamp")
+    result = data_tab.check(str(workspace / "short.txt"), "pretrain", tiny_model, 512)
+    assert not result.ok
+    assert "fewer than 2 blocks of max_length=512; add text or lower max_length" in result.report_md
+
+
+def html_escape(text: str) -> str:
+    import html
+    return html.escape(text)

@@ -135,3 +135,20 @@ def test_a_saved_dataset_name_is_offered_shown_and_starts_a_job(tmp_path):
     job = jobs.get(job_id)
     assert job.dataset == "support-chats"
     assert summarize(job).dataset_name == "support-chats"
+
+
+def test_mix_is_one_text_box_of_datasets_and_shares():
+    data = train_tab.load_preset("replay-mix")
+    values = dict(zip(train_tab.FIELD_PATHS, train_tab.config_dict_to_form(data)))
+    assert values["mix"] == "replay: 0.1"
+    values["mix"] = "replay: 0.1, colour-demo: 0.05"
+    back = train_tab.form_to_config_dict(list(values.values()))
+    assert back["mix"] == {"replay": 0.1, "colour-demo": 0.05}
+    assert JobConfig.from_dict(back).validate(cuda_available=False) == []
+    command = train_tab.train_command(back, "replay-mix")
+    assert command == """lorastudio train replay-mix --set 'mix={"replay": 0.1, "colour-demo": 0.05}'"""
+    values["mix"] = "ten percent replay"
+    problems = JobConfig.from_dict(train_tab.form_to_config_dict(list(values.values()))).validate(cuda_available=False)
+    assert problems == ["mix: expected datasets with their shares, e.g. {replay: 0.1} for 10 % of the training rows"]
+    values["mix"] = ""
+    assert train_tab.form_to_config_dict(list(values.values()))["mix"] == {}

@@ -103,3 +103,23 @@ def test_measure_row_counts_every_stage_and_flags_a_lost_answer(tokenizer):
     assert dpo["length"] > 5 and not dpo["lost"]
     rows = tokens.measure_rows([sft, sft], tokenizer, "sft", 512)
     assert [row["length"] for row in rows] == [fits["length"]] * 2
+
+
+def test_pretrain_rows_are_raw_text_with_every_token_and_the_eos_trained(tmp_path, tokenizer):
+    from backend.data import tokens
+
+    text = "The lamp turns once every twelve seconds.\n\nSailors know the harbour by that slow beat. " * 40
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "lamp.txt").write_text(text)
+    (tmp_path / "docs" / "short.md").write_text("A short note.")
+    length = len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
+    assert length > 64
+    first = preview(str(tmp_path / "docs"), tokenizer, "pretrain", n=2, max_length=64)[0]
+    # never cut at max_length (documents run on across blocks), no chat template, EOS after the document
+    assert first["row"] == 1 and first["tokens"] == first["trained_tokens"] == length and not first["truncated"]
+    assert first["segments"] == [{"text": text, "trained": True, "cut": False},
+                                 {"text": tokenizer.eos_token, "trained": True, "cut": False}]
+    assert tokens.measure_row(tokenizer, "pretrain", {"text": text}, 64) == {"length": length, "lost": False,
+                                                                          "error": None}
+    with pytest.raises(DataError, match="pretrain needs raw text"):
+        preview("identity-demo", tokenizer, "pretrain")

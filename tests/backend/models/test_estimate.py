@@ -69,3 +69,34 @@ def test_other_peft_families_are_counted_as_peft_builds_them(method, tiny_model_
     assert estimate.estimate(config, model_path=str(tiny_model_dir)).adapter_params == trained
     assert trained < estimate.estimate(JobConfig.from_dict({"lora": {"r": 8}}), model_path=str(tiny_model_dir)
                                        ).adapter_params * (3 if method == "loha" else 1)
+
+
+@pytest.mark.parametrize("method", ["olora", "eva", "corda"])
+def test_lora_initialisations_cost_what_lora_costs_and_say_what_runs_at_start(method, smollm2):
+    """OLoRA, EVA, CorDA: the same adapter as LoRA at this rank; the residual-base ones keep the original pages
+    mapped like PiSSA, the data-driven ones say that the base runs on the calibration rows first."""
+    lora, init = (estimate.estimate(config(m), model_path=smollm2) for m in ("lora", method))
+    assert init.adapter_params == lora.adapter_params and init.optimizer == lora.optimizer
+    assert (init.overhead > lora.overhead) == (method in ("olora", "corda"))
+    assert any("calibration_rows" in note for note in init.notes) == (method in ("eva", "corda"))
+
+
+@pytest.mark.parametrize("method", ["olora", "corda"])
+def test_residual_base_initialisations_train_lora_sized_adapters(method, tiny_model_dir):
+    """What peft trains for OLoRA (and, after its calibration pass, CorDA) is the LoRA estimate's count."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from backend.models import methods
+
+    job = JobConfig.from_dict({"method": method, "lora": {"r": 8, "dropout": 0.0}})
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    spec = methods.spec(method)
+    peft_config = methods.build(job).peft_config
+    if spec.init_from_data:
+        model = spec.init_from_data(base, peft_config, [list(range(5, 37)), list(range(40, 60))], 2, 0)
+    else:
+        model = get_peft_model(base, peft_config)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trained == estimate.estimate(job, model_path=str(tiny_model_dir)).adapter_params

@@ -31,7 +31,11 @@ METHOD_CASES = {
     "pissa": {"method": "pissa", "lora": {"dropout": 0.0}},
     "loha": {"method": "loha"},       # peft's other families train in the preference stages too (issue 21)
     "vera": {"method": "vera", "lora": {"r": 16}},
+    "olora": {"method": "olora"},     # LoRA initialisations (issue 21, part 3): base changed at init, like PiSSA
+    "eva": {"method": "eva"},         # data-driven, B = 0: the reference is the base with the adapter disabled
+    "corda": {"method": "corda"},     # data-driven, base keeps the residual
 }
+RESIDUAL_BASE = ("pissa", "olora", "corda")
 PROBE = "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n"
 
 
@@ -97,7 +101,7 @@ def test_stage_trains_each_method(stage, method, tiny_model, workspace, smol_tok
         assert any(key in r for r in records), f"{key} missing from metrics.jsonl"
     if stage == "dpo":
         # step 1: the policy equals its reference, so every reward is 0 and the sigmoid loss is ln 2; this holds
-        # only if the reference really is the starting model (PiSSA: base residual + initial adapter)
+        # only if the reference really is the starting model (PiSSA, OLoRA, CorDA: base residual + initial adapter)
         assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
         assert records[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-4)
         assert "final_rewards_margins" in results and "final_rewards_accuracies" in results
@@ -106,9 +110,9 @@ def test_stage_trains_each_method(stage, method, tiny_model, workspace, smol_tok
         assert results["label_balance"] == {"desirable": 30, "undesirable": 30, "weighted_ratio": 1.0}
     if stage in ("dpo", "kto"):
         # no second copy of the base; a new adapter (PiSSA aside) needs no frozen adapter copy either
-        expected = {"default", "ref"} if method == "pissa" else {"default"}
+        expected = {"default", "ref"} if method in RESIDUAL_BASE else {"default"}
         assert seen["adapters"] == expected
-        assert ("adapter disabled" in results["reference"]) == (method != "pissa")
+        assert ("adapter disabled" in results["reference"]) == (method not in RESIDUAL_BASE)
 
     # only the trained adapter changed: base weights and the frozen reference copy did not
     before, after = seen["before_train"], seen["after_train"]

@@ -1,4 +1,4 @@
-"""Each method trains 3 steps on a tiny model: only adapter weights change, the saved adapter reproduces the
+"""Each method (and LoRA initialisation) trains 3 steps on a tiny model: only adapter weights change, the saved adapter reproduces the
 trained model, merged and unmerged logits agree, and only assistant tokens carry labels."""
 from __future__ import annotations
 
@@ -25,11 +25,15 @@ METHOD_CASES = {
     "loha": {"method": "loha"},
     "lokr": {"method": "lokr"},
     "oft": {"method": "oft"},
+    # LoRA initialisations (issue 21, part 3): OLoRA (QR of W, base keeps the residual), EVA and CorDA (data-driven)
+    "olora": {"method": "olora"},
+    "eva": {"method": "eva"},
+    "corda": {"method": "corda"},
 }
 # AdaLoRA: 8 steps, re-allocating every 2 after a 1-step warm-up, ending at an average rank of 2 of 6
 ADALORA = {"method": "adalora", "adalora": {"init_r": 6, "target_r": 2, "warmup": 0.125, "final": 0.25,
                                             "interval": 2}, "training": {"max_steps": 8}}
-LORA_FAMILY = ("lora", "qlora", "dora", "pissa", "rslora", "loraplus")
+LORA_FAMILY = ("lora", "qlora", "dora", "pissa", "rslora", "loraplus", "olora", "eva", "corda")
 PROBE = "<|im_start|>user\nWho are you?<|im_end|>\n<|im_start|>assistant\n"
 
 
@@ -94,6 +98,13 @@ def test_method_trains_only_the_adapter(case, tiny_model, workspace, smol_tokeni
         assert "Linear4bit" in states["layer_types"], "QLoRA base layers must be bitsandbytes 4-bit"
     if case == "dora":
         assert any("lora_magnitude_vector" in name for name in changed)
+    saved = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    if case in ("pissa", "olora", "corda"):
+        # the base changed at init: the adapter was converted to a plain LoRA of twice the rank for the original base
+        assert saved["r"] == 8 and saved["init_lora_weights"] is True and not (run_dir / "initial-adapter").exists()
+    if case == "eva":
+        # EVA ran on the training rows: it moved rank between layers (a plain LoRA has no rank_pattern)
+        assert saved["rank_pattern"] and set(saved["rank_pattern"].values()) != {4}
 
     # metrics: one JSON line per logging step, with the contract keys
     records = [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
