@@ -211,7 +211,8 @@ class Engine:
             raise ServeError(f"job {job.id} has no complete checkpoint named '{checkpoint}'{latest}",
                              status=404, param="model", code="model_not_found")
         if methods.spec(job.config.method).converts_at_save:
-            raise ServeError(f"job {job.id} is a PiSSA job, whose checkpoints hold the adapter for the residual "
+            raise ServeError(f"job {job.id} is a {methods.spec(job.config.method).label} job, whose checkpoints hold "
+                             "the adapter for the residual "
                              "base until it finishes; serve its final adapter once it completes",
                              param="model", code="adapter_not_final")
         label = f"{checkpoint} (job {job.status})"
