@@ -9,18 +9,7 @@ from backend import stages
 from backend.config import JobConfig
 from backend.evaluate import heldout
 from backend.jobs.card import read_run_facts
-
-TEXT = ("The lighthouse keeper climbs the stairs every evening and lights the lamp. The lamp turns once every "
-        "twelve seconds, and sailors know the harbour by that slow beat. ")
-
-
-def corpus(workspace) -> str:
-    folder = workspace / "corpus"
-    folder.mkdir()
-    for i in range(3):
-        (folder / f"doc{i}.txt").write_text(TEXT * (i + 2))
-    return str(folder)
-
+from tests.backend.stages.test_pretrain import TEXT, corpus
 
 def config(model: str, stage: str, dataset: str, **extra) -> JobConfig:
     data = {"model": model, "dataset": dataset, "stage": stage, "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
