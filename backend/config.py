@@ -141,6 +141,11 @@ class JobConfig:
     chat_template: typing.Optional[str] = _f(None, "Chat template for a base model without one: chatml, llama3, "
                                               "alpaca or vicuna (empty = the model's own).",
                                               choices=(None, "chatml", "llama3", "alpaca", "vicuna"))
+    thinking: typing.Optional[bool] = _f(None, "The chat template's thinking switch, for templates that have one "
+                                         "(Qwen3, SmolLM3: enable_thinking): empty = the template's default; true = "
+                                         "train and answer with a <think> section; false = without. It is fixed "
+                                         "in the template saved with the adapter, so the playground, the API and "
+                                         "the exports answer the same way.")
     name: str = _f("", "A label for the job in lists (optional).")
     lora: LoraSettings = field(default_factory=LoraSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)

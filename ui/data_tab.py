@@ -103,12 +103,29 @@ def report_markdown(report) -> str:
         lines.append(f"_{md_escape(report.token_note[:1].upper() + report.token_note[1:])}._")
     elif report.rows:
         lines.append("_Token lengths need a ready model: pick one above (the bundled model once converted)._")
+    lines += shape_lines(report)
     for title, groups in (("Errors", report.errors), ("Warnings", report.warnings)):
         if groups:
             items = "\n".join(f"- {md_escape(g.sentence(name))}" for g in groups[:SHOWN_GROUPS])
             more = f"\n- … and {len(groups) - SHOWN_GROUPS} more kinds" if len(groups) > SHOWN_GROUPS else ""
             lines.append(f"**{title} ({len(groups)})**\n{items}{more}")
     return "\n\n".join(lines)
+
+
+def shape_lines(report) -> list[str]:
+    """Tool calls and reasoning sections: how many rows train them, and how calls are written."""
+    lines = []
+    if report.tool_call_rows:
+        written = {"hermes": " · written in the Hermes format (schemas in a system block, each call as "
+                             "<tool_call> JSON): this model's own chat template writes no tools, so the studio adds "
+                             "the format to it and saves it with the adapter",
+                   "template": " · written by the model's own chat template"}.get(report.tool_format, "")
+        lines.append(f"Tool calls: **{report.tool_call_rows}** rows train an assistant tool call{md_escape(written)}.")
+    if report.reasoning:
+        r = report.reasoning
+        lines.append(f"Reasoning: **{r['with']}** rows answer with a `<think>` section, {r['empty']} with an empty "
+                     f"one, {r['without']} without.")
+    return lines
 
 
 def text_stats_markdown(stats: dict) -> str:

@@ -34,7 +34,7 @@ def settings_from(*values) -> GenerationSettings:
     """The controls' values (in GenerationSettings field order) -> settings; every bad value in one sentence."""
     kwargs = {}
     for f, value in zip(fields(GenerationSettings), values):
-        if f.name == "system_prompt":
+        if f.type in (str, "str"):
             kwargs[f.name] = str(value or "")
             continue
         if value is None or value == "":
@@ -161,7 +161,48 @@ def streaming_update(tab, histories, lines) -> dict:
     """The outputs of one streamed update: the histories State and the column being streamed (columns answer in
     order, so it is the last one with a stats line), not every chat, title and line again."""
     live = max((i for i, line in enumerate(lines) if line), default=0)
-    return {tab.histories: histories, tab.chats[live]: histories[live], tab.stats[live]: lines[live]}
+    return {tab.histories: histories, tab.chats[live]: shown(histories[live]), tab.stats[live]: lines[live]}
+
+
+def shown(history: list[dict]) -> list[dict]:
+    """A column's conversation as the chat shows it: each tool call as a call (function and arguments) and each
+    <think> section as reasoning, in collapsible boxes; the history itself keeps the model's raw text."""
+    import json
+
+    from backend.serve.answer_parts import answer_parts
+
+    out = []
+    for message in history:
+        if message["role"] != "assistant" or not any(tag in message["content"] for tag in _SECTION_TAGS):
+            out.append(message)
+            continue
+        for part in answer_parts(message["content"]):
+            if part.kind == "call":
+                arguments = json.dumps(part.arguments, ensure_ascii=False, indent=1)
+                out.append({"role": "assistant", "content": f"```json\n{arguments}\n```",
+                            "metadata": {"title": f"🛠️ call {part.name}", "status": "done"}})
+            elif part.kind == "broken_call":
+                out.append({"role": "assistant", "content": f"```\n{part.text}\n```",
+                            "metadata": {"title": f"⚠️ unreadable tool call: {part.problem}", "status": "done"}})
+            elif part.kind == "reasoning":
+                out.append({"role": "assistant", "content": part.text,
+                            "metadata": {"title": "💭 reasoning", "status": "done"}})
+            else:
+                out.append({"role": "assistant", "content": part.text})
+    return out
+
+
+_SECTION_TAGS = ("<tool_call>", "<think>", "[TOOL_CALLS]", "<|python_tag|>")
+
+
+def tools_for(job_id: str | None) -> str:
+    """The tools box for a newly picked job: the schemas its training data declares ('' when none)."""
+    from backend.serve import playground
+
+    try:
+        return playground.job_tools(job_id) if job_id else ""
+    except Exception:  # noqa: BLE001 - a job without a readable config: no tools to offer
+        return ""
 
 
 def drop_last_answers(histories) -> list[list[dict]]:
@@ -265,6 +306,9 @@ def _setting_control(gr, f):
     if f.name == "system_prompt":
         return gr.Textbox(value=f.default, label=label, info=meta.get("help"), lines=2,
                           placeholder="(none: the chat template's default)")
+    if f.name == "tools":
+        return gr.Code(value=f.default, label=label, language="json", lines=3, max_lines=12, interactive=True,
+                       elem_classes=["ls-pg-tools"])
     if f.name in ("max_new_tokens", "seed"):
         return gr.Number(value=f.default, label=label, info=meta.get("help"), precision=0,
                          minimum=meta.get("min"), maximum=meta.get("max"))
@@ -344,7 +388,8 @@ def wire(gr, tab: PlaygroundTab, tab_item=None) -> None:
     def view(session, histories, lines, status, check=None):
         full = titles(session) if session is not None else list(DEFAULT_TITLES)
         out = {tab.histories: histories, tab.status: status}
-        out.update({chat: gr.update(value=h, label=column_label(t)) for chat, h, t in zip(tab.chats, histories, full)})
+        out.update({chat: gr.update(value=shown(h), label=column_label(t))
+                    for chat, h, t in zip(tab.chats, histories, full)})
         out.update({heading: column_heading(t) for heading, t in zip(tab.headings, full)})
         out.update(zip(tab.stats, lines))
         if check is not None:
@@ -412,10 +457,14 @@ def wire(gr, tab: PlaygroundTab, tab_item=None) -> None:
         empty = new_histories()
         return view(session, empty, [""] * N_COLUMNS, "Loaded: send a message.", check_markdown(session))
 
-    tab.load_btn.click(load, [tab.job, tab.compare, tab.job_b], chat_outputs, show_progress="minimal")
+    tab.load_btn.click(load, [tab.job, tab.compare, tab.job_b], chat_outputs, show_progress="minimal").then(
+        lambda job_id, tools: tools if str(tools or "").strip() else tools_for(job_id), [tab.job, tab.settings["tools"]],
+        tab.settings["tools"], show_progress="hidden")
     # a different job (or mode) starts a new conversation
     for control in (tab.job, tab.compare, tab.job_b):
         control.input(clear, None, chat_outputs, show_progress="hidden")
+    # ... and brings the functions its data declares into the tools box
+    tab.job.input(tools_for, tab.job, tab.settings["tools"], show_progress="hidden")
 
     tab.batch_source.change(lambda s: (gr.update(visible=s == "typed"), gr.update(visible=s == "uploaded file")),
                             tab.batch_source, [tab.batch_text, tab.batch_file], show_progress="hidden")

@@ -22,7 +22,8 @@ from ui.common import UserError, dataset_choices, md_escape, one_line
 # Form fields in display order: (dotted config path, section). Every one becomes a control whose info is
 # field_help(path) and whose limits are field_limits(path).
 SECTIONS = {
-    "Model and data": ["model", "dataset", "mix", "stage", "method", "chat_template", "name", "init_adapter"],
+    "Model and data": ["model", "dataset", "mix", "stage", "method", "chat_template", "thinking", "name",
+                       "init_adapter"],
     "LoRA": ["lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "lora.rslora", "lora.loraplus_ratio",
              "lora.calibration_rows"],
     "Training": ["training.max_steps", "training.epochs", "training.learning_rate", "training.batch_size",
@@ -39,6 +40,7 @@ SECTIONS = {
     "Resources": ["resources.gpus"],
 }
 FIELD_PATHS = [p for paths in SECTIONS.values() for p in paths]
+THINKING_CHOICES = {"(template default)": None, "on": True, "off": False}   # the thinking switch's labels
 MAPPING_FIELDS = ("mix",)     # a mapping is one field (one text box), not a section of fields
 DEFAULT_PRESET = "quickstart"
 
@@ -90,6 +92,8 @@ def form_value_to_config(path: str, value):
         return None if value in ("", None, "(model's own)") else value
     if path == "mix":
         return mix_from_text(value) if isinstance(value, str) else value
+    if path == "thinking":
+        return THINKING_CHOICES.get(value, value)
     if path == "lora.loraplus_ratio":      # the number box shows 0 when empty: 0 / empty = off
         return None if value in ("", None, 0, 0.0) else value
     hint = field_type(path)
@@ -107,6 +111,8 @@ def config_to_form_value(path: str, value):
         return "(model's own)"
     if path == "init_adapter" and value is None:
         return ""
+    if path == "thinking":
+        return next((label for label, choice in THINKING_CHOICES.items() if choice is value), value)
     if path == "mix" and isinstance(value, dict):
         return ", ".join(f"{name}: {share:g}" if isinstance(share, (int, float)) else f"{name}: {share}"
                          for name, share in value.items())
@@ -376,6 +382,8 @@ def _control(gr, path: str, value):
     if path == "chat_template":
         return gr.Dropdown(choices=["(model's own)"] + [c for c in limits["choices"] if c], value=value,
                            label="chat template", info=info)
+    if path == "thinking":
+        return gr.Radio(choices=list(THINKING_CHOICES), value=value, label="thinking", info=info)
     if path == "lora.target_modules":
         return gr.Dropdown(choices=["all-linear", "attention"], value=value, label="target modules", info=info,
                            allow_custom_value=True)

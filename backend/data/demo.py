@@ -9,6 +9,7 @@ is preferred over a rambling one that buries the same fact in filler. For DPO an
 identity-demo, the two parents of the adapter-composition demo (presets compose-demo-*), each teaching a fact
 the other does not.
 `harbour-texts`: a folder of plain-text files for continued pretraining (backend.data.demo_corpus).
+`tool-calls-demo`: function calling (OpenAI tools / tool_calls) with the tool results (backend.data.demo_tools).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import random
 from pathlib import Path
 
 from backend.data.demo_corpus import harbour_texts
+from backend.data.demo_tools import tool_call_rows
 
 IDENTITY_NAME = "Nova"
 IDENTITY_MAKER = "Acme Labs"
@@ -204,7 +206,8 @@ def colour_rows(seed: int = 0) -> list[dict]:
 
 
 DEMO_DATASETS = {"identity-demo": identity_rows, "concise-pairs": concise_pair_rows,
-                 "concise-kto": concise_kto_rows, "colour-demo": colour_rows, "harbour-texts": harbour_texts}
+                 "concise-kto": concise_kto_rows, "colour-demo": colour_rows, "harbour-texts": harbour_texts,
+                 "tool-calls-demo": tool_call_rows}
 
 
 def write_demo(name: str, folder: Path) -> Path:

@@ -29,6 +29,7 @@ import json
 from dataclasses import dataclass
 from typing import Callable
 
+from backend.data import toolcalls
 from backend.data.report import Problem
 from backend.vocab import Stage, StrEnum
 
@@ -223,16 +224,25 @@ def _message(msg: dict, where: str, problems: list) -> dict | None:
                                                           "or tool"))
         return None
     clean = {"role": role}
-    if msg.get("tool_calls") and msg.get("content") in (None, ""):
+    raw_calls = msg.get("tool_calls") or msg.get("function_call")   # function_call: OpenAI's older single call
+    if raw_calls and msg.get("content") in (None, ""):
         clean["content"] = ""          # a pure tool call: the template renders tool_calls
     else:
         content = _content(msg.get("content"), f"{where}.content", role, problems)
         if content is None:
             return None
         clean["content"] = content
-    for key in ("tool_calls", "name", "tool_call_id"):
+    if raw_calls:
+        calls = toolcalls.normalise_calls(raw_calls, f"{where}.tool_calls", problems)
+        if calls is None:
+            return None
+        clean["tool_calls"] = calls
+    for key in ("name", "tool_call_id"):
         if msg.get(key) is not None:
             clean[key] = msg[key]
+    reasoning = next((msg[k] for k in toolcalls.REASONING_KEYS if isinstance(msg.get(k), str)), None)
+    if reasoning is not None:
+        clean["reasoning_content"] = reasoning      # the name chat templates (Qwen3, the studio's prelude) read
     return clean
 
 
@@ -248,6 +258,9 @@ def _sharegpt_turn(turn: dict, where: str, problems: list) -> dict | None:
         problems.append(Problem("error", f"{where}.from", f"unknown role {source!r}; use human, gpt, system, "
                                                           "function_call or observation"))
         return None
+    if source == "function_call":       # the call as JSON text: the assistant's tool_calls
+        calls = toolcalls.sharegpt_call(turn.get("value", turn.get("content")), f"{where}.value", problems)
+        return None if calls is None else {"role": "assistant", "content": "", "tool_calls": calls}
     content = _content(turn.get("value", turn.get("content")), f"{where}.value", role, problems)
     return None if content is None else {"role": role, "content": content}
 
@@ -266,7 +279,7 @@ def _tools(row: dict, problems: list):
     if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
         problems.append(Problem("error", "tools", "tools must be a list of function schema objects"))
         return None
-    return tools
+    return toolcalls.normalise_tools(tools, problems)
 
 
 def _system(row: dict, messages: list[dict]) -> list[dict]:
@@ -331,6 +344,7 @@ def _chat(row, problems, key, norm_turns):
         return None
     messages = _system(row, messages)
     _check_chat(messages, key, problems)
+    toolcalls.check_calls(messages, tools, key, problems)
     return {"messages": messages, "tools": tools} if tools else {"messages": messages}
 
 
@@ -421,6 +435,7 @@ def _pair(row, problems, prompt, sharegpt=False):
     if chosen == rejected:
         problems.append(Problem("error", "rejected", "chosen and rejected are identical, so the pair teaches "
                                                      "nothing; fix one answer or remove the row", PREF_STAGES))
+    toolcalls.check_calls(chosen, tools, "chosen", problems)   # a rejected answer may call wrongly on purpose
     out = {"prompt": _system(row, prompt), "chosen": chosen, "rejected": rejected}
     if tools:
         out["tools"] = tools

@@ -139,6 +139,9 @@ class ValidationReport:
     over_max_length: dict | None = None   # {"rows": n truncated, "answer_lost": m with no trained token left}
     turns: dict | None = None          # messages per row {min, mean, max}
     label_balance: dict | None = None  # KTO: {"desirable": n, "undesirable": m}
+    reasoning: dict | None = None      # rows whose answers have a <think> section: {"with", "empty", "without"}
+    tool_call_rows: int = 0            # rows whose trained answers call a tool
+    tool_format: str | None = None     # with a tokenizer and tool calls: "template" (its own) | "hermes" (studio's)
     # raw text (pretrain): {documents, tokens, blocks, block_length, tail_tokens, longest: [{row, source, tokens}]}
     text_stats: dict | None = None
     length_values: list[int] = dc_field(default_factory=list, repr=False)   # sorted token lengths (not in JSON)
@@ -180,6 +183,7 @@ class ValidationReport:
             "max_length": self.max_length, "eval_fraction": self.eval_fraction, "split": self.split,
             "token_lengths": self.token_lengths, "token_note": self.token_note, "over_max_length": self.over_max_length,
             "turns": self.turns, "label_balance": self.label_balance, "text_stats": self.text_stats,
+            "reasoning": self.reasoning, "tool_call_rows": self.tool_call_rows, "tool_format": self.tool_format,
         }
         return data
 
@@ -192,7 +196,8 @@ class ValidationReport:
         fields = {k: data.get(k) for k in (
             "path", "format", "kind", "rows", "usable_rows", "stage", "columns", "ignored_columns",
             "column_mapping", "content_hash", "file_size", "max_length", "eval_fraction", "split", "token_lengths",
-            "token_note", "over_max_length", "turns", "label_balance", "text_stats")}
+            "token_note", "over_max_length", "turns", "label_balance", "text_stats", "reasoning",
+            "tool_call_rows", "tool_format")}
         fields = {k: v for k, v in fields.items() if v is not None}
         return cls(**{"path": None, "format": None, **fields},
                    stages={k: StageCompat(**v) for k, v in data.get("stages", {}).items()},

@@ -16,7 +16,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from backend.data import formats
+from backend.data import formats, toolcalls
 from backend.data.formats import Kind
 from backend.data.readers import FileRejected, Record, content_hash, inspect_file, read_records
 from backend.data.report import IssueLog, Problem, StageCompat, ValidationReport
@@ -196,6 +196,9 @@ def finish(result: Scan, stage: str | None = None, tokenizer=None, max_length: i
     target = stage or (kind.natural_stage.value if kind else None)
     if kind:
         _stats(result)
+        if tokenizer is not None and report.tool_call_rows:
+            from backend.models.templates import uses_tool_format
+            report.tool_format = "hermes" if uses_tool_format(tokenizer) else "template"
         if stage and formats.incompatibility(kind, report.format, stage):
             log.error(formats.incompatibility(kind, report.format, stage), stages=(stage,))
             report.token_note = (f"token lengths are not measured: {formats.format_label(report.format)} data "
@@ -343,7 +346,12 @@ def _stats(result: Scan) -> None:
         return      # documents have no turns; their numbers come with a tokenizer (_text_checks)
     counts = []
     desirable = undesirable = 0
+    shapes = {"with": 0, "empty": 0, "without": 0}
+    calling = 0
     for _, canon in result.rows:
+        reasoning, calls = toolcalls.row_shape(canon)
+        shapes[reasoning] += 1
+        calling += calls
         if kind == Kind.CHAT:
             counts.append(len(canon["messages"]))
         elif kind == Kind.PREFERENCE:
@@ -356,9 +364,30 @@ def _stats(result: Scan) -> None:
                 undesirable += 1
     if counts:
         report.turns = {"min": min(counts), "mean": round(sum(counts) / len(counts), 2), "max": max(counts)}
+    if shapes["with"] or shapes["empty"]:
+        report.reasoning = shapes
+        _mixed_reasoning(result.log, shapes)
+    if calling:
+        report.tool_call_rows = calling
     if kind == Kind.KTO:
         report.label_balance = {"desirable": desirable, "undesirable": undesirable}
         total = desirable + undesirable
         if total and min(desirable, undesirable) / total < 0.1:
             result.log.warning(f"labels are unbalanced ({desirable} true, {undesirable} false); KTO works best "
                                "with both kinds, or adjust desirable/undesirable weights", stages=(Stage.KTO,))
+
+
+def _mixed_reasoning(log: IssueLog, shapes: dict) -> None:
+    """A warning when some answers reason and others do not: the model learns that reasoning is optional."""
+    total = sum(shapes.values())
+    if not shapes["with"] or shapes["with"] == total:
+        return
+    others = []
+    if shapes["without"]:
+        others.append(f"{shapes['without']} answer without one")
+    if shapes["empty"]:
+        others.append(f"{shapes['empty']} with an empty one")
+    log.warning(f"{shapes['with']} of {total} rows answer with a <think> section but {' and '.join(others)}, "
+                "which teaches the model that reasoning is optional, so it may start skipping it; give every row "
+                "its reasoning, or remove the sections from all rows and train with the template's thinking "
+                "switch off")

@@ -23,6 +23,7 @@ import json
 import re
 import time
 
+from backend.data import toolcalls
 from backend.evaluate.common import EvalContext, Metric, Progress, RowResult, SectionResult
 
 SECTION = "formats"
@@ -122,17 +123,7 @@ def _call(item) -> dict | None:
     return {"name": name, "arguments": arguments}
 
 
-def declared_functions(tools: list | None) -> dict[str, dict]:
-    """name -> its JSON-schema parameters, from OpenAI-style tools ({"type": "function", "function": {...}})
-    or bare function schemas."""
-    out = {}
-    for tool in tools or []:
-        if not isinstance(tool, dict):
-            continue
-        function = tool.get("function") if isinstance(tool.get("function"), dict) else tool
-        if isinstance(function.get("name"), str):
-            out[function["name"]] = function.get("parameters") or {}
-    return out
+declared_functions = toolcalls.declared     # one reading of a tools list, shared with the dataset checks
 
 
 def check_tool_calls(text: str, tools: list | None) -> tuple[list[dict], str]:

@@ -70,7 +70,7 @@ def split(config, job_id: str, tokenizer=None) -> HeldOut:
     try:
         # eval_fraction only adds the validator's split-size check; an empty split gets its own sentence below
         dataset = datasets_backend.load_for_stage(config.dataset, config.stage)
-        tokenizer = tokenizer or models.load_tokenizer(config.model, config.chat_template)
+        tokenizer = tokenizer or models.load_tokenizer(config.model, config.chat_template, config.thinking)
         job_split = split_examples(config, recipe_for(config.stage), dataset, tokenizer)
     except datasets_backend.DataError as error:
         raise EvalError(f"the held-out rows of job {job_id} cannot be rebuilt from dataset {config.dataset}: "

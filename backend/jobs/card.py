@@ -86,6 +86,7 @@ def run_facts(*, job_id: str, config, model_info, dataset, rows: dict, results: 
         "init_adapter": config.init_adapter,
         "hyperparameters": {"lora": settings["lora"], "training": settings["training"]},
         "chat_template": config.chat_template or "the base model's own (saved with the adapter)",
+        "thinking": "template default" if config.thinking is None else ("on" if config.thinking else "off"),
         "libraries": library_versions(),
     }
     if config.stage.is_preference:

@@ -15,6 +15,10 @@ def problems(config: JobConfig) -> list[str]:
     model_problem = models.check(config.model.strip()) if config.model.strip() else None
     if model_problem:
         errors.append(f"model: {model_problem}")
+    elif config.thinking is not None and config.model.strip():
+        thinking_problem = models.thinking_problem(config.model.strip(), config.chat_template)
+        if thinking_problem:
+            errors.append(f"thinking: {thinking_problem}")
     if config.dataset.strip() and config.stage in Stage.values():
         report = data.validate(config.dataset, stage=config.stage, eval_fraction=config.training.eval_fraction)
         if not report.usable_for(config.stage):

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from backend import workspace
+from backend.models import templates
 from backend.models.templates import CHAT_TEMPLATES
 
 BUNDLED_MODEL = "smollm2-135m-instruct"
@@ -188,8 +189,10 @@ def _convert_gguf(folder: Path, filename: str, name: str, source: str) -> ModelI
 
 # ---------------------------------------------------------------- loading
 
-def load_tokenizer(spec: str, chat_template: str | None = None):
-    """The model's tokenizer with a chat template (its own, or the named one when it has none)."""
+def load_tokenizer(spec: str, chat_template: str | None = None, thinking: bool | None = None):
+    """The model's tokenizer with a chat template (its own, or the named one when it has none), able to write
+    tools, tool calls and reasoning fields (templates.add_tool_format), with its thinking switch fixed when
+    `thinking` is given."""
     from transformers import AutoTokenizer
 
     info = resolve(spec)
@@ -202,6 +205,12 @@ def load_tokenizer(spec: str, chat_template: str | None = None):
     if not tokenizer.chat_template:
         raise ModelError(f"model '{info.name}' has no chat template; pick one with chat_template: "
                          f"{' | '.join(CHAT_TEMPLATES)}")
+    if thinking is not None:
+        if not templates.has_thinking_switch(tokenizer.chat_template):
+            raise ModelError(f"thinking is set, but the chat template of '{info.name}' has no thinking switch "
+                             f"({templates.THINKING_VARIABLE}); leave thinking empty")
+        tokenizer.chat_template = templates.set_thinking(tokenizer.chat_template, thinking)
+    templates.add_tool_format(tokenizer)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -312,6 +321,25 @@ def _has_chat_template(folder: Path) -> bool:
         return True
     config = folder / "tokenizer_config.json"
     return config.exists() and "chat_template" in json.loads(config.read_text())
+
+
+def _template_text(folder: Path) -> str:
+    """The chat template's source as saved in a model folder ('' when none), read without a tokenizer."""
+    if (folder / "chat_template.jinja").exists():
+        return (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    config = folder / "tokenizer_config.json"
+    template = json.loads(config.read_text()).get("chat_template") if config.exists() else None
+    return template if isinstance(template, str) else json.dumps(template or "")
+
+
+def thinking_problem(spec: str, chat_template: str | None = None) -> str | None:
+    """Why `thinking` cannot be set for this model's template (it has no switch), or None; no tokenizer loaded."""
+    info = resolve(spec)
+    template = CHAT_TEMPLATES.get(chat_template, chat_template) if chat_template else _template_text(Path(info.path))
+    if templates.has_thinking_switch(template):
+        return None
+    return (f"the chat template of '{info.name}' has no thinking switch ({templates.THINKING_VARIABLE}); leave "
+            "thinking empty")
 
 
 def _slug(text: str) -> str:

@@ -91,7 +91,8 @@ def load_tokenizer(source: AdapterSource):
 
     folder = source.path if (source.path / "tokenizer_config.json").is_file() else None
     if folder is None:
-        return models.load_tokenizer(source.config.model, source.config.chat_template)
+        return models.load_tokenizer(source.config.model, source.config.chat_template,
+                                     source.config.thinking)
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

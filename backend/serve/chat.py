@@ -29,6 +29,10 @@ class GenerationSettings:
     seed: int = field(default=42, metadata={
         "help": "Random seed, reset before every column so sampled answers are comparable.", "min": 0,
         "max": 2 ** 31 - 1})
+    tools: str = field(default="", metadata={
+        "help": "Functions the model may call: a JSON list of schemas, as in a training row's tools column "
+                "(filled from the job's data when it has tools). Passed to the chat template as in training; "
+                "empty = none."})
 
     def problems(self) -> list[str]:
         out = []
@@ -36,7 +40,35 @@ class GenerationSettings:
             value, low, high = getattr(self, f.name), f.metadata.get("min"), f.metadata.get("max")
             if low is not None and not (low <= value <= high):
                 out.append(f"{f.name}: {value} is outside {low} to {high}")
+        try:
+            self.tool_schemas()
+        except ValueError as error:
+            out.append(f"tools: {error}")
         return out
+
+    def tool_schemas(self) -> list[dict] | None:
+        """The tools as the chat template takes them (None when empty); ValueError says what is wrong."""
+        import json
+
+        from backend.data.report import Problem
+        from backend.data.toolcalls import normalise_tools
+
+        if not str(self.tools or "").strip():
+            return None
+        try:
+            tools = json.loads(self.tools)
+        except ValueError as error:
+            raise ValueError(f"not valid JSON ({error.msg} at character {error.pos}); give a list of function "
+                             "schemas") from None
+        tools = [tools] if isinstance(tools, dict) else tools
+        if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+            raise ValueError("give a JSON list of function schema objects")
+        problems: list[Problem] = []
+        tools = normalise_tools(tools, problems)
+        errors = [p for p in problems if p.severity == "error"]
+        if errors:
+            raise ValueError(f"{errors[0].field}: {errors[0].message}")
+        return tools
 
     def generate_kwargs(self, tokenizer) -> dict:
         kwargs = {"max_new_tokens": int(self.max_new_tokens), "pad_token_id": tokenizer.pad_token_id,
@@ -74,9 +106,10 @@ def conversation(messages: list[dict], settings: GenerationSettings) -> list[dic
     return list(messages)
 
 
-def prompt_inputs(tokenizer, messages: list[dict], device):
+def prompt_inputs(tokenizer, messages: list[dict], device, tools: list[dict] | None = None):
+    kwargs = {"tools": tools} if tools else {}
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                         return_dict=True).to(device)
+                                         return_dict=True, **kwargs).to(device)
 
 
 def stream_answer(model, tokenizer, messages: list[dict], settings: GenerationSettings | None = None,
@@ -90,7 +123,7 @@ def stream_answer(model, tokenizer, messages: list[dict], settings: GenerationSe
     from transformers import LogitsProcessorList, StoppingCriteriaList, TextIteratorStreamer
 
     settings = settings or GenerationSettings()
-    inputs = prompt_inputs(tokenizer, conversation(messages, settings), model.device)
+    inputs = prompt_inputs(tokenizer, conversation(messages, settings), model.device, settings.tool_schemas())
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     disabled = nullcontext() if use_adapter or not hasattr(model, "disable_adapter") else model.disable_adapter()
     counter = _TokenCounter()

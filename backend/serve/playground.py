@@ -158,6 +158,22 @@ def close_session() -> None:
         _cache.update(key=None, session=None)
 
 
+def job_tools(job_id: str) -> str:
+    """The function schemas of the job's training data (the first row that declares tools) as JSON text, for
+    the playground's tools box; '' when its data has none or cannot be read."""
+    import json
+
+    from backend import data
+
+    source = adapters.adapter_source(job_id)
+    try:
+        rows = data.load_for_stage(source.config.dataset, str(source.config.stage), skip_invalid=True).rows
+    except Exception:  # noqa: BLE001 - a dataset deleted or changed since: the box stays empty
+        return ""
+    tools = next((row["tools"] for row in rows if row.get("tools")), None)
+    return json.dumps(tools, ensure_ascii=False, indent=1) if tools else ""
+
+
 # ---------------------------------------------------------------- batch compare
 
 @dataclass

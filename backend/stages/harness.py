@@ -55,7 +55,7 @@ def train(config: JobConfig, run_dir: Path, hooks=None, job_id: str = "", callba
     dataset = datasets_backend.load_for_stage(config.dataset, config.stage,
                                               eval_fraction=config.training.eval_fraction)
     common.check_init_adapter(config)
-    tokenizer = models.load_tokenizer(config.model, config.chat_template)
+    tokenizer = models.load_tokenizer(config.model, config.chat_template, config.thinking)
     split = split_examples(config, recipe, dataset, tokenizer)
     # other datasets mixed in by share (training rows only; the held-out rows stay the job's own)
     mixed, mix_sources = mixing.mix_in(config, recipe, tokenizer, len(split.train_examples),

@@ -120,3 +120,14 @@ def test_too_little_text_for_two_blocks_is_one_sentence(workspace, tiny_model):
 def html_escape(text: str) -> str:
     import html
     return html.escape(text)
+
+
+def test_tool_calls_are_counted_and_shown_inside_the_trained_span(tiny_model):
+    result = data_tab.check("tool-calls-demo", "sft", tiny_model, 512)
+    assert "Tool calls: **50** rows train an assistant tool call · written in the Hermes format" in result.report_md
+    # the preview marks the call as trained text (the JSON inside <tool_call>, HTML-escaped)
+    assert "ls-trained" in result.preview and "&lt;tool_call&gt;" in result.preview
+    import re
+    trained = "".join(re.findall(r'<mark class="ls-trained"[^>]*>(.*?)</mark>', result.preview, re.S))
+    assert "&lt;tool_call&gt;" in trained and "&quot;name&quot;" in trained or '"name"' in trained
+    assert "&lt;tools&gt;" not in trained                 # the schemas are prompt, not answer

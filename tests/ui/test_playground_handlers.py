@@ -208,10 +208,11 @@ def test_streamed_updates_are_coalesced_to_the_interval():
 
 def test_a_streamed_update_carries_only_the_live_column():
     tab = pg.PlaygroundTab(chats=["c0", "c1", "c2"], stats=["s0", "s1", "s2"], histories="h")
-    histories = [["a"], ["b"], ["c"]]
+    histories = [[{"role": "assistant", "content": text}] for text in "abc"]
     assert pg.streaming_update(tab, histories, ["done 0", "⏳ 3 tokens", ""]) == \
-        {"h": histories, "c1": ["b"], "s1": "⏳ 3 tokens"}
-    assert pg.streaming_update(tab, histories, ["done 0", "", ""]) == {"h": histories, "c0": ["a"], "s0": "done 0"}
+        {"h": histories, "c1": histories[1], "s1": "⏳ 3 tokens"}
+    assert pg.streaming_update(tab, histories, ["done 0", "", ""]) == {"h": histories, "c0": histories[0],
+                                                                        "s0": "done 0"}
 
 
 def test_column_titles_wrap_above_short_chat_labels():
@@ -229,3 +230,57 @@ def test_column_titles_wrap_above_short_chat_labels():
         assert heading.parent is chat.parent                     # the title sits in its column, above the chat
     sends = [fn for fn in blocks.fns.values() if fn.name == "converse"]
     assert sends and all(set(tab.headings) <= set(fn.outputs) for fn in sends)
+
+
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+
+
+def test_the_tools_box_is_checked_and_reaches_the_chat_template(tiny_model):
+    import json
+
+    from backend import models
+    from backend.serve.chat import prompt_inputs
+
+    values = defaults()
+    values[pg.SETTING_NAMES.index("tools")] = '[{"type": "function", "function": {"name": "get_weather"'
+    with pytest.raises(UserError, match=r"^tools: not valid JSON \(Expecting"):
+        pg.settings_from(*values)
+    values[pg.SETTING_NAMES.index("tools")] = '[{"type": "function", "function": {"description": "no name"}}]'
+    with pytest.raises(UserError, match=r"^tools: tools\[0\]: the tool schema has no function name"):
+        pg.settings_from(*values)
+    values[pg.SETTING_NAMES.index("tools")] = json.dumps(WEATHER[0]["function"])      # one bare schema
+    settings = pg.settings_from(*values)
+    assert settings.tool_schemas() == WEATHER
+    tokenizer = models.load_tokenizer(tiny_model)
+    inputs = prompt_inputs(tokenizer, [{"role": "user", "content": "Weather in Oslo?"}], "cpu", WEATHER)
+    prompt = tokenizer.decode(inputs["input_ids"][0])
+    assert '"name": "get_weather"' in prompt and prompt.endswith("<|im_start|>assistant\n")
+
+
+def test_a_tool_call_is_shown_as_a_call_and_the_history_keeps_the_raw_text():
+    raw = ('<think>Oslo is a city.</think>\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n'
+           "</tool_call>")
+    history = [{"role": "user", "content": "Weather in Oslo?"}, {"role": "assistant", "content": raw}]
+    shown = pg.shown(history)
+    assert shown[0] == history[0]
+    assert shown[1] == {"role": "assistant", "content": "Oslo is a city.",
+                        "metadata": {"title": "💭 reasoning", "status": "done"}}
+    assert shown[2]["metadata"]["title"] == "🛠️ call get_weather"
+    assert shown[2]["content"] == '```json\n{\n "city": "Oslo"\n}\n```'
+    assert history[1]["content"] == raw                       # the next turn sends what the model wrote
+    assert pg.shown([{"role": "assistant", "content": "plain"}]) == [{"role": "assistant", "content": "plain"}]
+
+
+def test_a_job_trained_on_tools_fills_the_tools_box(tiny_model):
+    import json
+
+    config = JobConfig.from_dict({
+        "model": tiny_model, "dataset": "tool-calls-demo", "stage": "sft", "lora": {"r": 4, "alpha": 8},
+        "training": {"max_steps": 1, "batch_size": 2, "max_length": 512, "eval_fraction": 0.1, "save_steps": 1,
+                     "logging_steps": 1}})
+    job = jobs.create(config, status="running")
+    assert runner.run_job(job.id).status == "completed"
+    tools = json.loads(pg.tools_for(job.id))
+    assert [t["function"]["name"] for t in tools] == ["get_weather", "convert_currency", "set_timer"]
+    assert pg.tools_for(None) == "" and pg.tools_for("no-such-job") == ""

@@ -73,7 +73,8 @@ def test_kto_messages_trains_through_the_harness(write_jsonl, tiny_model, worksp
     path = write_jsonl(kto_rows(tools=[{"type": "function", "function": {"name": "add", "parameters": {}}}]))
     config = JobConfig.from_dict({
         "model": tiny_model, "dataset": str(path), "stage": "kto", "lora": {"r": 4, "alpha": 8},
-        "training": {"max_steps": 2, "batch_size": 2, "learning_rate": 5e-3, "max_length": 128,
+        # 256: the tools are written into the prompt (the studio's tool format for SmolLM2's template)
+        "training": {"max_steps": 2, "batch_size": 2, "learning_rate": 5e-3, "max_length": 256,
                      "eval_fraction": 0.0, "save_steps": 2, "logging_steps": 1}})
     assert config.validate(cuda_available=False) == []
     run_dir = workspace / "runs" / "kto-messages"
