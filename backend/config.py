@@ -17,6 +17,7 @@ import yaml
 from backend.vocab import Batching, Method, Precision, Stage, StrEnum
 
 TARGET_PRESETS = ("all-linear", "attention")
+OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw_8bit")   # training.optim; stages/common.py maps them to classes
 
 
 def _f(default, help: str, **limits):
@@ -68,6 +69,12 @@ class TrainingSettings:
     lr_scheduler: str = _f("linear", "Learning-rate schedule after warm-up.",
                            choices=("linear", "cosine", "constant", "constant_with_warmup"))
     weight_decay: float = _f(0.0, "AdamW weight decay on the adapter weights.", min=0.0, max=1.0)
+    optim: str = _f("adamw", "Optimizer: adamw = torch AdamW, two fp32 states per trained weight (8 bytes each; the "
+                    "default); adamw_8bit = bitsandbytes 8-bit AdamW, the same update with its states quantised to "
+                    "2 bytes per weight (a quarter of the optimizer memory, almost the same loss: worth it for high "
+                    "ranks or full-size layers); paged_adamw_8bit = 8-bit AdamW whose states page out to CPU memory "
+                    "when the GPU runs short (rides out memory spikes; paging needs a CUDA GPU).",
+                    choices=OPTIMIZERS)
     max_grad_norm: float = _f(1.0, "Clip gradients to this norm (0 = off).", min=0.0)
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less memory, ~30% slower.")
     auto_batch_size: bool = _f(False, "On out-of-memory, retry the job with half the batch size (and twice the "
@@ -227,6 +234,9 @@ class JobConfig:
             cuda_available = _cuda_available()
         if self.training.precision == Precision.FP16 and not cuda_available:
             errors.append("training.precision: fp16 needs a CUDA GPU; use auto or fp32 on this machine")
+        if self.training.optim == "paged_adamw_8bit" and not cuda_available:
+            errors.append("training.optim: paged_adamw_8bit pages optimizer state between GPU and CPU memory, which "
+                          "needs a CUDA GPU; use adamw_8bit (the same 8-bit states, unpaged) or adamw on this machine")
         if self.method == Method.ADALORA:
             errors.extend(_adalora_problems(self))
         errors.extend(_mix_problems(self))

@@ -30,7 +30,7 @@ SECTIONS = {
                  "training.grad_accum", "training.max_length", "training.eval_fraction", "training.seed",
                  "training.save_steps", "training.logging_steps", "training.eval_steps", "training.eval_max_rows",
                  "training.eval_batch_size", "training.warmup_ratio",
-                 "training.lr_scheduler", "training.weight_decay", "training.max_grad_norm",
+                 "training.lr_scheduler", "training.weight_decay", "training.optim", "training.max_grad_norm",
                  "training.gradient_checkpointing", "training.auto_batch_size", "training.precision",
                  "training.batching"],
     "Preference stages (DPO / ORPO / KTO)": ["alignment.beta", "alignment.loss_type", "alignment.desirable_weight",

@@ -80,6 +80,7 @@ def run_facts(*, job_id: str, config, model_info, dataset, rows: dict, results: 
                        "weights_sha256": model_info.weights_sha256 or "unknown (hub model)"},
         "method": settings["method"],
         "stage": settings["stage"],
+        "optimizer": optimizer_text(config),
         "dataset": {"id": dataset.id, "sha256": dataset.content_hash, **rows},
         "results": results,
         "lineage": lineage_for(config, model_info, job_id),
@@ -92,6 +93,12 @@ def run_facts(*, job_id: str, config, model_info, dataset, rows: dict, results: 
     if config.stage.is_preference:
         facts["hyperparameters"]["alignment"] = settings["alignment"]
     return facts
+
+
+def optimizer_text(config) -> str:
+    """training.optim as the card says it, with LoRA+ when it wraps it (e.g. "adamw_8bit with LoRA+ ratio 16")."""
+    ratio = config.lora.loraplus_ratio
+    return config.training.optim + (f" with LoRA+ ratio {ratio:g}" if ratio else "")
 
 
 USAGE_PROMPT = "Who are you?"
@@ -149,7 +156,8 @@ def render_card(facts: dict) -> str:
         f"# LoRA Studio adapter `{facts['job_id']}`\n\n"
         f"{facts['method'].upper()} adapter ({facts['stage'].upper()}) for **{facts['base_model']['name']}**, "
         f"trained on dataset `{facts['dataset']['id']}` ({facts['dataset'].get('train_rows')} training {unit}) for "
-        f"{results.get('steps')} steps{'' if final is None else f', final train loss {final:.4f}'}{held_out}.\n\n"
+        f"{results.get('steps')} steps{'' if final is None else f', final train loss {final:.4f}'}{held_out}"
+        f"{'' if not facts.get('optimizer') else ', optimizer ' + facts['optimizer']}.\n\n"
         + _mix_text(facts["dataset"].get("mix"), unit) +
         f"Lineage: {' -> '.join(facts['lineage'])}.\n\n"
         + _ranks_text(facts.get("adapter_ranks")) +

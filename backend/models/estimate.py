@@ -9,7 +9,8 @@ measures it; bench/RESULTS.md publishes estimate vs measured for LoRA / QLoRA / 
   layers as NF4 (half a byte + one fp32 absmax per 64 weights), the rest (embeddings, norms, an untied head) in
   fp32, where peft's prepare_model_for_kbit_training puts them.
 * adapter: LoRA A/B (+ DoRA magnitudes) with their gradients and two AdamW states, fp32 (bf16 for QLoRA: TRL
-  casts a quantized model's adapter to bf16).
+  casts a quantized model's adapter to bf16); training.optim adamw_8bit / paged_adamw_8bit: 2 bytes of state per
+  trained weight (+ a block scale), except tensors under bitsandbytes' min_8bit_size, which stay fp32.
 * activations: the tensors autograd keeps for the backward pass, per token and layer, counted from the Llama
   layer with peft's LoRA on it and checked against torch.autograd.graph's saved tensors on the bundled model:
   the RMSNorms' fp32 inputs, sdpa's q / k / v / out (k / v repeated to every head when padding-free needs a
@@ -45,6 +46,8 @@ CPU_OVERHEAD = 0.0              # measured: tokenizer, rows and trainer fit in w
 NF4_BYTES = 0.5 + 4 / 64        # 4-bit weights + one fp32 absmax per block of 64
 LM_HEAD_TOKENS, LM_HEAD_VOCAB = 4096, 32768   # TRL's fused LM head tile (trl.kernels.chunked_logprob)
 LM_HEAD_TILES_CPU = 15          # measured: torch fallback tiles + their temporaries, forward and backward, + heap
+EIGHT_BIT_BYTES = 2 * (1 + 4 / 256)   # 8-bit AdamW: two uint8 states + an fp32 absmax per block of 256, each
+MIN_8BIT_SIZE = 4096            # bitsandbytes keeps fp32 states for tensors with fewer elements
 LM_HEAD_TILES_GPU = 2           # Triton kernels: the tile buffer, forward and backward
 
 
@@ -201,7 +204,12 @@ def estimate(config, model_path: str | None = None, parameters: int = 0, cuda: b
         n_magnitude = dims["layers"] * sum(out for _, out in _adapted(dims, config.lora.target_modules).values())
     adapter_bytes = 2 if quantized else 4
     adapter = (n_adapter * adapter_bytes + n_magnitude * 4) * 2       # weights + gradients
-    optimizer = (n_adapter * adapter_bytes + n_magnitude * 4) * 2     # AdamW: two states of the parameter's dtype
+    if config.training.optim == "adamw":
+        optimizer = (n_adapter * adapter_bytes + n_magnitude * 4) * 2     # AdamW: two states of the parameter's dtype
+    else:
+        optimizer = _eight_bit_state(dims, config, n_adapter) + n_magnitude * 8   # magnitudes: under MIN_8BIT_SIZE
+        if config.training.optim == "paged_adamw_8bit":
+            notes.append("paged_adamw_8bit: the optimizer state may page out to CPU memory when the GPU runs short")
 
     tokens = t.batch_size * t.max_length
     masked = config.stage == Stage.SFT and _dense_packed_mask(t.batching, cuda, tokens)
@@ -232,6 +240,19 @@ def estimate(config, model_path: str | None = None, parameters: int = 0, cuda: b
                      "(inference only, less than a training step's memory)")
     return Estimate(weights=weights, adapter=adapter, optimizer=optimizer, activations=activations,
                     overhead=overhead, adapter_params=n_adapter + n_magnitude, notes=notes)
+
+
+def _eight_bit_state(dims: dict, config, n_adapter: int) -> float:
+    """bitsandbytes 8-bit AdamW: two uint8 states + one fp32 absmax per block of 256 for each tensor of at least
+    MIN_8BIT_SIZE elements; smaller tensors keep two fp32 states (bitsandbytes' min_8bit_size). LoRA's A / B sizes
+    are known here; other methods' tensors are counted at the 8-bit rate."""
+    if methods.spec(config.method).peft_type != "LORA":
+        return n_adapter * EIGHT_BIT_BYTES
+    r, total = config.lora.r, 0.0
+    for d_in, d_out in _adapted(dims, config.lora.target_modules).values():
+        for size in (r * d_in, r * d_out):
+            total += size * (EIGHT_BIT_BYTES if size >= MIN_8BIT_SIZE else 8)
+    return total * dims["layers"]
 
 
 def _dense_packed_mask(batching: str, cuda: bool, tokens: int) -> bool:

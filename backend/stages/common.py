@@ -180,6 +180,7 @@ def training_args(config: JobConfig, run_dir: Path, precision: dict, has_eval: b
         lr_scheduler_type=settings.lr_scheduler,
         warmup_steps=float(settings.warmup_ratio),  # a float below 1 is a ratio of the total steps
         weight_decay=settings.weight_decay,
+        optim=TRAINER_OPTIM[settings.optim],
         max_grad_norm=settings.max_grad_norm,
         logging_steps=settings.logging_steps,
         save_steps=settings.save_steps,
@@ -248,14 +249,29 @@ def choose_reference(model, config: JobConfig) -> str:
     return "base model (adapter disabled)"
 
 
+# training.optim -> the name transformers' TrainingArguments(optim=...) builds it by
+TRAINER_OPTIM = {"adamw": "adamw_torch", "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}
+
+
+def optimizer_class(config: JobConfig):
+    """The torch optimizer class of training.optim, for optimizers the studio builds itself (LoRA+)."""
+    if config.training.optim == "adamw":
+        import torch
+        return torch.optim.AdamW
+    import bitsandbytes as bnb
+    return bnb.optim.PagedAdamW8bit if config.training.optim == "paged_adamw_8bit" else bnb.optim.AdamW8bit
+
+
 def loraplus_optimizer(model, config: JobConfig):
-    """AdamW with B's learning rate raised by loraplus_ratio, or None to let the trainer build its own."""
+    """training.optim with B's learning rate raised by loraplus_ratio, or None to let the trainer build its own.
+
+    peft builds LoRA+'s parameter groups around any optimizer class (8-bit and paged included), so the two compose.
+    """
     if not config.lora.loraplus_ratio:
         return None
-    import torch
     from peft.optimizers import create_loraplus_optimizer
 
-    return create_loraplus_optimizer(model=model, optimizer_cls=torch.optim.AdamW,
+    return create_loraplus_optimizer(model=model, optimizer_cls=optimizer_class(config),
                                      lr=config.training.learning_rate,
                                      loraplus_lr_ratio=config.lora.loraplus_ratio,
                                      weight_decay=config.training.weight_decay)

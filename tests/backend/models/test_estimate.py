@@ -100,3 +100,14 @@ def test_residual_base_initialisations_train_lora_sized_adapters(method, tiny_mo
         model = get_peft_model(base, peft_config)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert trained == estimate.estimate(job, model_path=str(tiny_model_dir)).adapter_params
+
+
+def test_eight_bit_optimizers_keep_a_quarter_of_adamw_state(smollm2):
+    adamw, eight, paged = (estimate.estimate(config(optim=o), model_path=smollm2, cuda=True)
+                           for o in ("adamw", "adamw_8bit", "paged_adamw_8bit"))
+    # 2 bytes (+ an fp32 scale per 256) instead of 8 per weight; lora_B of k / v (16 x 192 < 4096) keeps fp32 states
+    small = 2 * 16 * 192
+    assert eight.optimizer == 30 * (small * 8 + (adamw.adapter_params / 30 - small) * 2 * (1 + 4 / 256))
+    assert 0.25 < eight.optimizer / adamw.optimizer < 0.3
+    assert eight.adapter == adamw.adapter and paged.optimizer == eight.optimizer
+    assert any("page out" in note for note in paged.notes)
