@@ -117,6 +117,18 @@ class AdaLoraSettings:
 
 
 @dataclass(frozen=True)
+class PromptTuningSettings:
+    virtual_tokens: int = _f(20, "Prompt tuning: learned embeddings put before every input; trainable parameters = "
+                             "virtual_tokens x the model's hidden size, and each one takes a token of context.",
+                             min=1, max=512)
+    init: str = _f("text", "Prompt tuning: start the virtual tokens from the embeddings of init_text (text, usually "
+                   "steadier) or from random values (random).", choices=("text", "random"))
+    init_text: str = _f("You are a helpful assistant. Answer the user's request.",
+                        "Prompt tuning with init text: a short description of the task; its tokens are repeated or "
+                        "cut to virtual_tokens.")
+
+
+@dataclass(frozen=True)
 class ResourceSettings:
     gpus: int = _f(1, "GPUs for this job; more than 1 trains data-parallel (DDP) with one process per GPU "
                    "(on a CPU-only machine: that many CPU processes).", min=1, max=64)
@@ -143,7 +155,10 @@ class JobConfig:
                      "training rows' activations vary most and moves rank between layers; runs the base on "
                      "lora.calibration_rows rows first; the model starts unchanged), corda (decomposes each weight "
                      "against those activations, so the adapter starts on the task's directions; like olora the "
-                     "saved adapter is a plain LoRA of twice the rank).",
+                     "saved adapter is a plain LoRA of twice the rank), prompt_tuning (prompt_tuning.virtual_tokens learned "
+                     "embeddings put before every input: the fewest parameters and no change to any weight, but it "
+                     "learns less than LoRA, cannot be merged into the model (adapter export only) and uses "
+                     "virtual_tokens of the context).",
                      choices=Method.values())
     chat_template: typing.Optional[str] = _f(None, "Chat template for a base model without one: chatml, llama3, "
                                               "alpaca or vicuna (empty = the model's own).",
@@ -158,6 +173,7 @@ class JobConfig:
     training: TrainingSettings = field(default_factory=TrainingSettings)
     alignment: AlignmentSettings = field(default_factory=AlignmentSettings)
     adalora: AdaLoraSettings = field(default_factory=AdaLoraSettings)
+    prompt_tuning: PromptTuningSettings = field(default_factory=PromptTuningSettings)
     resources: ResourceSettings = field(default_factory=ResourceSettings)
     init_adapter: typing.Optional[str] = _f(None, "A finished job id: start this stage from that job's adapter.")
 
@@ -212,7 +228,8 @@ class JobConfig:
         """Every problem at once, each as 'field: message'."""
         errors = list(self.load_errors)
         for prefix, section in (("", self), ("lora.", self.lora), ("training.", self.training),
-                                ("alignment.", self.alignment), ("resources.", self.resources)):
+                                ("alignment.", self.alignment), ("resources.", self.resources),
+                                ("prompt_tuning.", self.prompt_tuning)):
             for spec in dataclasses.fields(section):
                 value = getattr(section, spec.name)
                 if spec.metadata.get("internal") or dataclasses.is_dataclass(value):
@@ -239,6 +256,8 @@ class JobConfig:
                           "needs a CUDA GPU; use adamw_8bit (the same 8-bit states, unpaged) or adamw on this machine")
         if self.method == Method.ADALORA:
             errors.extend(_adalora_problems(self))
+        if self.method == Method.PROMPT_TUNING:
+            errors.extend(_prompt_tuning_problems(self))
         errors.extend(_mix_problems(self))
         if self.stage in Stage.values() and Stage(self.stage).is_preference and self.alignment.beta <= 0:
             errors.append("alignment.beta: must be above 0 for preference stages (0.1 to 0.5 is typical)")
@@ -248,7 +267,7 @@ class JobConfig:
 PADDING_FREE_CPU_TOKENS = 4096   # auto on CPU: padding-free up to this many tokens per batch (batch x max_length)
 
 
-def resolve_batching(choice: str, cuda: bool, tokens: int = 0) -> str:
+def resolve_batching(choice: str, cuda: bool, tokens: int = 0, method: str = "") -> str:
     """training.batching with `auto` resolved for a device and batch x max_length (bench/padding.py measured it).
 
     padding_free keeps rows apart through their position ids: exact with FlashAttention-2's varlen kernels and with
@@ -256,10 +275,13 @@ def resolve_batching(choice: str, cuda: bool, tokens: int = 0) -> str:
     alone). On CPU it was the fastest option measured (1.7x pad, 1.35x group_by_length on a long-tail chat mix), but
     under sdpa that mask is dense over the whole batch, so its memory grows with (batch x length)^2: auto keeps
     padding-free up to PADDING_FREE_CPU_TOKENS (the mask is then at most ~12% of the activations) and groups rows by
-    length above. On CUDA: padding-free with flash-attn installed, otherwise group_by_length.
+    length above. On CUDA: padding-free with flash-attn installed, otherwise group_by_length. Prompt tuning never
+    runs padding-free: peft drops the position ids behind its virtual tokens, so packed rows would see each other.
     """
     if choice != "auto":
         return choice
+    if method == Method.PROMPT_TUNING:
+        return "group_by_length"
     import importlib.util
     if cuda:
         return "padding_free" if importlib.util.find_spec("flash_attn") is not None else "group_by_length"
@@ -318,6 +340,31 @@ def _adalora_problems(config: "JobConfig") -> list[str]:
     if ada.warmup + ada.final >= 1:
         return ["adalora.warmup + adalora.final must leave steps to re-allocate ranks in (their sum below 1)"]
     return []
+
+
+def _prompt_tuning_problems(config: "JobConfig") -> list[str]:
+    """Virtual tokens sit in front of every row: they need context left over, text to start from, and no
+    position ids of their own (peft drops them, so padding-free rows would attend to each other)."""
+    settings, problems = config.prompt_tuning, []
+    if settings.init == "text" and not str(settings.init_text).strip():
+        problems.append("prompt_tuning.init_text: write a short description of the task, or set init: random")
+    if settings.virtual_tokens >= config.training.max_length:
+        problems.append(f"prompt_tuning.virtual_tokens ({settings.virtual_tokens}) must leave room for the rows "
+                        f"in training.max_length ({config.training.max_length})")
+    if config.training.batching == Batching.PADDING_FREE:
+        problems.append("training.batching: padding_free cannot keep rows apart behind prompt tuning's virtual "
+                        "tokens (peft drops their position ids); use auto, pad or group_by_length")
+    if config.stage in PROMPT_TUNING_REFUSED_STAGES:
+        problems.append(PROMPT_TUNING_REFUSED_STAGES[config.stage])
+    return problems
+
+
+# tried on the tiny model with TRL 1.16 (tests/backend/stages/test_prompt_tuning.py): SFT, DPO and KTO train;
+# TRL's ORPO computes its NLL on logits that include the virtual tokens against labels that do not (a shape error)
+PROMPT_TUNING_REFUSED_STAGES: dict[str, str] = {
+    Stage.ORPO: "method: prompt_tuning cannot train ORPO (TRL's ORPO loss does not account for the virtual tokens); "
+                "use dpo or kto, or another method",
+}
 
 
 def _mix_problems(config: "JobConfig") -> list[str]:

@@ -50,6 +50,7 @@ class Method(StrEnum):
     OLORA = "olora"
     EVA = "eva"
     CORDA = "corda"
+    PROMPT_TUNING = "prompt_tuning"
 
 
 class JobStatus(StrEnum):

@@ -200,6 +200,16 @@ def wire(gr, tab: ExportTab, tab_item=None) -> None:
     tab.kind.change(lambda kind: (gr.update(visible=kind == "merged"), gr.update(visible=kind == "gguf")),
                     tab.kind, [tab.dtype, tab.qtype], show_progress="hidden")
 
+    def offer(job_id, kind):
+        # a method that cannot merge (prompt tuning) is offered its adapter only, with the reason as the info
+        kinds, why = export.offered_kinds(job_id) if job_id else (export.KINDS, "")
+        choices = [c for c in kind_choices() if c[1] in kinds]
+        value = kind if kind in kinds else choices[0][1]
+        return (gr.update(choices=choices, value=value, info=why or None),
+                gr.update(visible=value == "merged"), gr.update(visible=value == "gguf"))
+
+    tab.job.change(offer, [tab.job, tab.kind], [tab.kind, tab.dtype, tab.qtype], show_progress="hidden")
+
     def do_export(job_id, kind, dtype, qtype, progress=gr.Progress()):
         from ui.common import readable
         try:

@@ -73,6 +73,8 @@ def titles(session) -> list[str]:
 def check_markdown(session) -> str:
     """The merge verification under the merged column."""
     check = getattr(session, "check", None)
+    if getattr(session, "check_skipped", ""):
+        return f"_{md_escape(session.check_skipped)}_"
     if check is None:
         return "_merge verification: only for one job (base / adapter / merged)_" \
             if session is not None and len(session.job_ids) > 1 else ""

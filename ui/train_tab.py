@@ -37,6 +37,8 @@ SECTIONS = {
                                              "alignment.undesirable_weight"],
     "AdaLoRA (method adalora)": ["adalora.init_r", "adalora.target_r", "adalora.warmup", "adalora.final",
                                  "adalora.interval"],
+    "Prompt tuning (method prompt_tuning)": ["prompt_tuning.virtual_tokens", "prompt_tuning.init",
+                                             "prompt_tuning.init_text"],
     "Resources": ["resources.gpus"],
 }
 FIELD_PATHS = [p for paths in SECTIONS.values() for p in paths]
@@ -252,7 +254,8 @@ def batching_line(config: JobConfig, cuda: bool) -> str:
                 "padding (training.batching applies to SFT).")
     if config.stage != Stage.SFT:
         return "Batching: preference stages pad each batch to its longest row (training.batching applies to SFT)."
-    mode = resolve_batching(config.training.batching, cuda, config.training.batch_size * config.training.max_length)
+    mode = resolve_batching(config.training.batching, cuda, config.training.batch_size * config.training.max_length,
+                            config.method)
     chosen = f"auto = {mode}" if config.training.batching == "auto" else mode
     where = "this machine's GPU" if cuda else "this machine's CPU"
     return f"Batching: {chosen} on {where}: {BATCHING_WHAT[mode]}."

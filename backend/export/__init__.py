@@ -35,7 +35,7 @@ from pathlib import Path
 import yaml
 
 from backend import workspace
-from backend.models import adapters
+from backend.models import adapters, methods
 from backend.jobs.card import USE_HEADING, library_versions, read_run_facts, usage_python
 from backend.export.modelfile import modelfile_text
 
@@ -199,6 +199,9 @@ def export_job(job_id: str, kind: str = "merged", dtype: str = "auto", progress=
     started = time.monotonic()
     with export_lock(job_id):
         source = adapters.adapter_source(job_id)
+        refusal = not_mergeable(source, kind)
+        if refusal:
+            raise ExportError(refusal)
         dtype = resolve_dtype(source, dtype) if kind == "merged" else None
         out_dir = workspace.exports_dir() / source.job_id
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -233,6 +236,26 @@ def export_job(job_id: str, kind: str = "merged", dtype: str = "auto", progress=
                           gguf)
     log.info("exported %s %s to %s in %.1f s", job_id, kind, zip_path, result.seconds)
     return result
+
+
+def not_mergeable(source, kind: str) -> str:
+    """One sentence when the job's method cannot give this kind (every kind but the adapter needs a merge or a
+    LoRA), else ""."""
+    method = methods.spec(source.config.method)
+    if method.mergeable or kind == "adapter":
+        return ""
+    return (f"job {source.job_id} cannot be exported as {kind} ({method.not_mergeable_reason}); "
+            "export the adapter instead")
+
+
+def offered_kinds(job_id: str) -> tuple[tuple[str, ...], str]:
+    """The export kinds a job's method allows, and the one sentence saying why some are missing ("" if none)."""
+    try:
+        source = adapters.adapter_source(job_id)
+    except adapters.AdapterError:
+        return KINDS, ""          # the export itself says what is missing
+    method = methods.spec(source.config.method)
+    return (KINDS, "") if method.mergeable else (("adapter",), f"adapter only: {method.not_mergeable_reason}")
 
 
 def resolve_dtype(source, dtype: str) -> str:

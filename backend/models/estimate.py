@@ -163,7 +163,9 @@ def saved_per_token_layer(dims: dict, config, cuda: bool, masked: bool = False) 
     # worst-case batch (every row at max_length) has no padding, so padded batches need no mask.
     saved += (2 * q + 2 * (q if masked else kv)) * act
     saved += 3 * i * act               # gate, up, silu(gate)
-    for d_in, d_out in _adapted(dims, config.lora.target_modules).values():
+    adapted = {} if methods.spec(config.method).peft_type == "PROMPT_TUNING" else \
+        _adapted(dims, config.lora.target_modules)                 # prompt tuning adapts no layer
+    for d_in, d_out in adapted.values():
         saved += config.lora.r * adapter                   # lora_A's output
         if config.lora.dropout > 0:
             # dropout's output, and its mask: a float tensor on CPU, a bool one from CUDA's fused kernel
@@ -191,8 +193,14 @@ def estimate(config, model_path: str | None = None, parameters: int = 0, cuda: b
             # the residual weights (PiSSA, OLoRA, CorDA) are new memory; the original pages, read at init, stay mapped
             mapped = dims["linear"] * dims["checkpoint_bytes"]
 
+    prompt_tokens = 0
     n_adapter = adapter_parameters(dims, config.lora.r, config.lora.target_modules)
-    if methods.spec(config.method).peft_type != "LORA":
+    if methods.spec(config.method).peft_type == "PROMPT_TUNING":
+        # one learned embedding per virtual token, and every row grows by that many tokens
+        prompt_tokens = config.prompt_tuning.virtual_tokens
+        n_adapter = prompt_tokens * dims["hidden"]
+        notes.append(f"prompt tuning: {prompt_tokens} virtual tokens in front of every row (counted in the activations)")
+    elif methods.spec(config.method).peft_type != "LORA":
         counted = counted_adapter_parameters(model_path, config)
         if counted is not None:
             n_adapter = counted
@@ -211,8 +219,8 @@ def estimate(config, model_path: str | None = None, parameters: int = 0, cuda: b
         if config.training.optim == "paged_adamw_8bit":
             notes.append("paged_adamw_8bit: the optimizer state may page out to CPU memory when the GPU runs short")
 
-    tokens = t.batch_size * t.max_length
-    masked = config.stage == Stage.SFT and _dense_packed_mask(t.batching, cuda, tokens)
+    tokens = t.batch_size * (t.max_length + prompt_tokens)
+    masked = config.stage == Stage.SFT and _dense_packed_mask(t.batching, cuda, tokens, config.method)
     per_layer = saved_per_token_layer(dims, config, cuda, masked)
     if t.gradient_checkpointing:
         activations = tokens * (dims["layers"] * dims["hidden"] * act_bytes + per_layer)
@@ -255,12 +263,12 @@ def _eight_bit_state(dims: dict, config, n_adapter: int) -> float:
     return total * dims["layers"]
 
 
-def _dense_packed_mask(batching: str, cuda: bool, tokens: int) -> bool:
+def _dense_packed_mask(batching: str, cuda: bool, tokens: int, method: str = "") -> bool:
     """Padding-free batches attend through a dense (tokens x tokens) mask unless FlashAttention-2 runs them."""
     import importlib.util
 
     from backend.config import resolve_batching
-    if resolve_batching(batching, cuda, tokens) != "padding_free":
+    if resolve_batching(batching, cuda, tokens, method) != "padding_free":
         return False
     return not (cuda and importlib.util.find_spec("flash_attn") is not None)
 

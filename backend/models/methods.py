@@ -15,6 +15,8 @@ The rest of peft's family, each its own config class (peft_type): vera (one pair
 shared by every layer, only scaling vectors trained; lora.r is the shared projection rank), ia3 (learned
 rescaling vectors on keys, values and the MLP's down projection), loha (Hadamard product of two low-rank
 pairs), lokr (Kronecker product), oft (a block-diagonal orthogonal rotation of each weight).
+prompt_tuning: prompt_tuning.virtual_tokens learned input embeddings in front of every row (peft's prompt
+learning); no weight changes, so it cannot be merged (mergeable=False): adapter export and unmerged serving only.
 
 A new method is one row in METHODS (and, if peft builds it with another config class, one builder function);
 the stages, the estimator, the adapters and the export read the facts from here. Small and pure: no model
@@ -113,6 +115,20 @@ def build_adalora(config: "JobConfig"):
                          target_modules=_targets(config), task_type="CAUSAL_LM")
 
 
+def build_prompt_tuning(config: "JobConfig"):
+    from peft import PromptTuningConfig, PromptTuningInit
+    settings = config.prompt_tuning
+    # the init text's tokens are repeated or cut to virtual_tokens by peft; the tokenizer is the base model's own
+    text = {"prompt_tuning_init": PromptTuningInit.TEXT, "prompt_tuning_init_text": settings.init_text,
+            "tokenizer_name_or_path": _model_path(config.model)} if settings.init == "text" else {}
+    return PromptTuningConfig(num_virtual_tokens=settings.virtual_tokens, task_type="CAUSAL_LM", **text)
+
+
+def _model_path(model: str) -> str:
+    from backend import models
+    return str(models.resolve(model).path)
+
+
 def _linear_module_names(model) -> list[str]:
     """The names of the model's linear layers below the LM head: what "all-linear" means for this model."""
     import torch
@@ -193,6 +209,7 @@ class MethodSpec:
     init_lora_weights: object = True     # peft's init_lora_weights for the LoRA family
     converts_at_save: bool = False       # the base is changed at init (PiSSA residual): convert the adapter back
     mergeable: bool = True               # merge_and_unload gives a plain model (into a de-quantised base if 4-bit)
+    not_mergeable_reason: str = ""       # the one sentence every merge site shows when mergeable is False
     build_peft_config: Callable = build_lora
     peft_type: str = "LORA"              # peft's family: only LORA composes, batches mixed adapters, and converts
                                          # to a llama.cpp LoRA GGUF
@@ -217,6 +234,9 @@ METHODS: dict[Method, MethodSpec] = {spec.method: spec for spec in (
     MethodSpec(Method.OLORA, "OLoRA", init_lora_weights="olora", converts_at_save=True),
     MethodSpec(Method.EVA, "EVA", init_lora_weights="eva", init_from_data=eva_init),
     MethodSpec(Method.CORDA, "CorDA", init_lora_weights="corda", converts_at_save=True, init_from_data=corda_init),
+    MethodSpec(Method.PROMPT_TUNING, "Prompt tuning", mergeable=False, build_peft_config=build_prompt_tuning,
+               peft_type="PROMPT_TUNING",
+               not_mergeable_reason="not mergeable: prompt tuning adds virtual tokens, it does not change weights"),
 )}
 
 

@@ -193,6 +193,12 @@ class Engine:
             raise ServeError(f"the model '{model_id}' does not exist: it is neither this server's base nor a job in "
                              "this workspace (GET /v1/models lists what is served)",
                              status=404, param="model", code="model_not_found")
+        if methods.spec(job.config.method).peft_type == "PROMPT_TUNING":
+            # peft keeps prompt-learning and LoRA adapters in separate models, and this engine serves every
+            # adapter on one shared base; prompt tuning needs its own PeftModel per job
+            raise ServeError(f"job {job.id} is a prompt tuning job: its virtual tokens cannot share the served base "
+                             "with other adapters; try it in the Playground or load its exported adapter with peft",
+                             param="model", code="adapter_not_servable")
         newest = latest_complete_checkpoint(job.run_dir / "checkpoints", remove_torn=False)
         if not checkpoint:
             final = job.run_dir / "adapter"

@@ -3,7 +3,9 @@
 A Session holds one loaded base with the job's adapter (the base column is the same weights with the adapter
 disabled, no second copy) and the merged model: the exported merged folder when one exists, otherwise the
 adapter merged into a full-precision copy of the base. Loading a session also runs the merge verification
-(largest adapter-vs-merged logit difference and greedy equality on a few prompts).
+(largest adapter-vs-merged logit difference and greedy equality on a few prompts). A method whose row says
+mergeable=False (prompt tuning) gets no merged model: its merged column answers with the row's one sentence and the
+merge check is skipped with it.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from backend import workspace
-from backend.models import adapters
+from backend.models import adapters, methods
 from backend.serve.chat import AnswerStats, GenerationSettings, stream_answer
 from backend.export import VERIFY_PROMPTS, MergeCheck, follow, merge_check, probe
 
@@ -32,6 +34,7 @@ class Column:
     model: object
     use_adapter: bool   # False: the PEFT model with its adapter disabled
     adapter_name: str | None = None
+    unavailable: str = ""   # instead of answering, this sentence (a merged column of a method that cannot merge)
 
 
 @dataclass
@@ -40,6 +43,7 @@ class Session:
     columns: list[Column]
     tokenizer: object
     check: MergeCheck | None = None
+    check_skipped: str = ""  # why there is no merge check (the method cannot be merged)
     notes: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -52,6 +56,9 @@ class Session:
     def stream(self, key: str, messages: list[dict], settings: GenerationSettings | None = None):
         """Yield AnswerStats for one column (see backend.serve.chat.stream_answer)."""
         column = self.column(key)
+        if column.unavailable:
+            yield AnswerStats(text=column.unavailable, done=True)
+            return
         with self.lock:   # one generation at a time: switching / disabling adapters is model-wide
             if column.adapter_name:
                 column.model.set_adapter(column.adapter_name)
@@ -85,14 +92,22 @@ def job_session(job_id: str, verify: bool = True) -> Session:
     source = adapters.adapter_source(job_id)
     tokenizer = adapters.load_tokenizer(source)
     model = adapters.load_with_adapters([source], ["adapter"])
-    merged, merged_title, notes = _merged_model(source)
+    method = methods.spec(source.config.method)
+    if method.mergeable:
+        merged_column = Column(MERGED, *_merged_model(source)[:2], use_adapter=True)
+    else:
+        merged_column = Column(MERGED, "merged · not mergeable", None, use_adapter=False,
+                               unavailable=method.not_mergeable_reason)
     columns = [Column(BASE, f"base · {source.config.model}", model, use_adapter=False),
                Column(ADAPTER, f"adapter · {source.label}", model, use_adapter=True, adapter_name="adapter"),
-               Column(MERGED, merged_title, merged, use_adapter=True)]
+               merged_column]
+    notes = []
     if source.four_bit:
         notes.append("base and adapter run on the 4-bit base as in training; merged is de-quantised full precision")
     session = Session((source.job_id,), columns, tokenizer, notes=notes)
-    if verify:
+    if not method.mergeable:
+        session.check_skipped = f"merge check skipped: {method.not_mergeable_reason}"
+    elif verify:
         session.check = verify_session(session)
     return session
 

@@ -34,7 +34,7 @@ class SFTRecipe(StageRecipe):
 
         settings = config.training
         batching = resolve_batching(settings.batching, not precision["use_cpu"],
-                                    settings.batch_size * settings.max_length)
+                                    settings.batch_size * settings.max_length, config.method)
         padding_free = batching == Batching.PADDING_FREE
         if padding_free and not precision["use_cpu"]:
             _use_flash_attention(model, precision)

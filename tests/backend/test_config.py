@@ -91,3 +91,25 @@ def test_adalora_settings_are_checked_in_one_sentence_each():
                for p in problems(training={"max_steps": 0, "epochs": 1}))
     assert "adalora.target_r (8) must not exceed adalora.init_r (4)" in problems(adalora={"init_r": 4, "target_r": 8})
     assert any("their sum below 1" in p for p in problems(adalora={"warmup": 0.5, "final": 0.5}))
+
+
+def test_prompt_tuning_settings_are_validated_in_one_sentence_each():
+    from backend.config import JobConfig, resolve_batching
+
+    good = JobConfig.from_dict({"method": "prompt_tuning", "prompt_tuning": {"virtual_tokens": 20, "init": "random"}})
+    assert good.validate(cuda_available=False) == [] and good.prompt_tuning.virtual_tokens == 20
+    bad = JobConfig.from_dict({"method": "prompt_tuning", "stage": "orpo",
+                               "prompt_tuning": {"virtual_tokens": 0, "init": "vocab", "init_text": " "},
+                               "training": {"batching": "padding_free"}}).validate(cuda_available=False)
+    assert any(p.startswith("prompt_tuning.virtual_tokens: must be at least 1") for p in bad), bad
+    assert any(p.startswith("prompt_tuning.init: 'vocab' is not one of text, random") for p in bad), bad
+    assert any(p.startswith("training.batching: padding_free cannot") for p in bad), bad
+    assert any(p.startswith("method: prompt_tuning cannot train ORPO") for p in bad), bad
+    text = JobConfig.from_dict({"method": "prompt_tuning", "prompt_tuning": {"init_text": ""}})
+    assert any(p.startswith("prompt_tuning.init_text:") for p in text.validate(cuda_available=False))
+    long = JobConfig.from_dict({"method": "prompt_tuning", "prompt_tuning": {"virtual_tokens": 200},
+                                "training": {"max_length": 128}})
+    assert any("must leave room" in p for p in long.validate(cuda_available=False))
+    # auto batching never packs rows behind virtual tokens (peft drops their position ids)
+    assert resolve_batching("auto", False, 256) == "padding_free"
+    assert resolve_batching("auto", False, 256, "prompt_tuning") == "group_by_length"

@@ -111,3 +111,15 @@ def test_eight_bit_optimizers_keep_a_quarter_of_adamw_state(smollm2):
     assert 0.25 < eight.optimizer / adamw.optimizer < 0.3
     assert eight.adapter == adamw.adapter and paged.optimizer == eight.optimizer
     assert any("page out" in note for note in paged.notes)
+
+
+def test_prompt_tuning_trains_virtual_tokens_x_hidden_and_lengthens_every_row(smollm2):
+    """Prompt tuning: virtual_tokens x hidden size trainable parameters, no adapted layer, longer rows."""
+    tuned = estimate.estimate(JobConfig.from_dict({"method": "prompt_tuning", "prompt_tuning": {"virtual_tokens": 20},
+                                                   "training": {"max_length": 256, "batch_size": 2,
+                                                                "batching": "pad"}}), model_path=smollm2)
+    lora = estimate.estimate(config(batching="pad"), model_path=smollm2)
+    assert tuned.adapter_params == 20 * 576
+    assert tuned.adapter + tuned.optimizer == 20 * 576 * 4 * 4       # fp32 weights, gradients, two AdamW states
+    assert any("20 virtual tokens" in note for note in tuned.notes)
+    assert tuned.activations < lora.activations                       # no LoRA branches to keep for backward
