@@ -94,7 +94,8 @@ def job_session(job_id: str, verify: bool = True) -> Session:
     model = adapters.load_with_adapters([source], ["adapter"])
     method = methods.spec(source.config.method)
     if method.mergeable:
-        merged_column = Column(MERGED, *_merged_model(source)[:2], use_adapter=True)
+        merged, merged_title, _ = _merged_model(source)
+        merged_column = Column(MERGED, merged_title, merged, use_adapter=True)
     else:
         merged_column = Column(MERGED, "merged · not mergeable", None, use_adapter=False,
                                unavailable=method.not_mergeable_reason)
