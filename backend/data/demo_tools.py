@@ -52,15 +52,21 @@ def _call(name: str, arguments: dict, call_id: str) -> dict:
                             "function": {"name": name, "arguments": json.dumps(arguments)}}]}
 
 
-def _exchange(question: str, name: str, arguments: dict, result: dict, answer: str, call_id: str) -> dict:
-    return {"messages": [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": question},
-                         _call(name, arguments, call_id),
-                         {"role": "tool", "tool_call_id": call_id, "content": json.dumps(result)},
-                         {"role": "assistant", "content": answer}], "tools": TOOLS}
+def _exchange(question: str, name: str, arguments: dict, result: dict, answer: str, call_id: str,
+              whole: bool) -> dict:
+    """The question and the call; `whole`: also the tool's result and the answer built from it. Rows that end
+    at the call are what function-calling sets mostly hold, and what a held-out check of calls reads."""
+    messages = [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": question},
+                _call(name, arguments, call_id)]
+    if whole:
+        messages += [{"role": "tool", "tool_call_id": call_id, "content": json.dumps(result)},
+                     {"role": "assistant", "content": answer}]
+    return {"messages": messages, "tools": TOOLS}
 
 
 def tool_call_rows(seed: int = 0) -> list[dict]:
-    """58 rows: weather, currency and timer calls with their results and answers, and plain questions."""
+    """58 rows: weather, currency and timer calls (half of them with the tool's result and the answer after it,
+    half ending at the call), and plain questions answered without a call."""
     rng = random.Random(seed)
     rows = []
     for i, city in enumerate(_CITIES):
@@ -68,21 +74,22 @@ def tool_call_rows(seed: int = 0) -> list[dict]:
         sky = rng.choice(["sunny", "cloudy", "rainy", "windy"])
         rows.append(_exchange(rng.choice(_WEATHER_ASKS).format(city=city), "get_weather", {"city": city},
                               {"city": city, "temperature_c": temp, "sky": sky},
-                              f"It is {temp} °C and {sky} in {city}.", f"call_w{i}"))
+                              f"It is {temp} °C and {sky} in {city}.", f"call_w{i}", i % 2 == 0))
     for i in range(18):
         src, dst, rate = rng.choice(_CURRENCIES)
         amount = rng.choice([5, 10, 20, 25, 50, 75, 100, 120, 250, 500])
         value = round(amount * rate, 2)
         rows.append(_exchange(rng.choice(_CONVERT_ASKS).format(amount=amount, src=src, dst=dst), "convert_currency",
                               {"amount": amount, "from_currency": src, "to_currency": dst},
-                              {"amount": value, "currency": dst}, f"{amount} {src} is {value} {dst}.", f"call_c{i}"))
+                              {"amount": value, "currency": dst}, f"{amount} {src} is {value} {dst}.", f"call_c{i}",
+                              i % 2 == 0))
     for i in range(16):
         minutes, thing = rng.choice([3, 5, 8, 10, 12, 15, 20, 25, 30, 45]), rng.choice(_THINGS)
         ask, label = rng.choice(_TIMER_ASKS)
         arguments = {"minutes": minutes, **({"label": label.format(thing=thing)} if label else {})}
         rows.append(_exchange(ask.format(m=minutes, thing=thing), "set_timer", arguments,
                               {"status": "started", "minutes": minutes}, f"Your {minutes}-minute timer is running.",
-                              f"call_t{i}"))
+                              f"call_t{i}", i % 2 == 0))
     for question, answer in _PLAIN:
         rows.append({"messages": [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": question},
                                   {"role": "assistant", "content": answer}], "tools": TOOLS})

@@ -218,14 +218,22 @@ def ensure_demo_datasets(names=None) -> list[str]:
     for name in names:
         folder = workspace.datasets_dir() / name
         data = write_demo(name, folder)          # rewrites only if the generator changed
-        if (folder / "meta.json").is_file() and (folder / "report.json").is_file():
-            continue
+        meta = folder / "meta.json"
+        if meta.is_file() and (folder / "report.json").is_file() and _newest_mtime(data) <= meta.stat().st_mtime:
+            continue        # registered, and the data is not newer than its report (a new studio version's demo is)
         result = scan(data, display_name=data.name)
         report = finish(result)
         # meta.json last: a folder counts as registered only once it is complete
         _replace(folder / "report.json", json.dumps(report.to_dict(), ensure_ascii=False, indent=1))
         _replace(folder / "meta.json", json.dumps(_meta(name, name, result, data.name, True), indent=1))
     return names
+
+
+def _newest_mtime(path: Path) -> float:
+    """The newest modification time of a file, or of the files in a folder (a text demo)."""
+    if path.is_dir():
+        return max((f.stat().st_mtime for f in path.rglob("*") if f.is_file()), default=path.stat().st_mtime)
+    return path.stat().st_mtime
 
 
 def _replace(path: Path, text: str) -> None:

@@ -142,7 +142,8 @@ def _mix_text(mix: list | None, unit: str) -> str:
         return ""
     parts = [f"`{m['name']}` ({m['id']}): {m['rows']} {unit}, {m['share'] * 100:g} %"
              + (" (cycled through more than once)" if m.get("repeated") else "") for m in mix]
-    return f"Mixed into the training {unit}: {'; '.join(parts)}.\n\n"
+    warnings = "".join(f"Warning: {m['warning']}.\n\n" for m in mix if m.get("warning"))
+    return f"Mixed into the training {unit}: {'; '.join(parts)}.\n\n{warnings}"
 
 
 def render_card(facts: dict) -> str:

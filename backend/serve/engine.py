@@ -309,8 +309,10 @@ class Engine:
 
     def prepare(self, model_id: str, *, messages: list[dict] | None = None, prompt: str | None = None,
                 temperature: float | None = None, top_p: float | None = None, max_tokens: int | None = None,
-                stop: str | list[str] | None = None, seed: int | None = None) -> Prepared:
-        """Check a request before anything is generated (every refusal is a ServeError)."""
+                stop: str | list[str] | None = None, seed: int | None = None,
+                tools: list[dict] | None = None) -> Prepared:
+        """Check a request before anything is generated (every refusal is a ServeError). `tools`: function
+        schemas for the chat template, as the playground passes them."""
         adapter = self.resolve(model_id)
         tokenizer = self._tokenizer(adapter) if adapter else self.base_tokenizer
         method = methods.spec(self._source_for(adapter)[1].config.method) if adapter else None
@@ -323,8 +325,9 @@ class Engine:
                                       seed=42 if seed is None else seed,
                                       max_new_tokens=1 if max_tokens is None else max_tokens)
         if messages is not None:
-            input_ids = list(tokenizer.apply_chat_template(conversation(messages, settings),
-                                                           add_generation_prompt=True, return_dict=True)["input_ids"])
+            extra = {"tools": tools} if tools else {}
+            input_ids = list(tokenizer.apply_chat_template(conversation(messages, settings), add_generation_prompt=True,
+                                                           return_dict=True, **extra)["input_ids"])
         else:
             input_ids = list(tokenizer(prompt)["input_ids"])
         prompt_tokens = len(input_ids)

@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from backend.hosts import allowed_hosts, host_allowed, host_name
+from backend.serve import toolcall_api
 from backend.serve.engine import Engine, Piece, Prepared, ServeError
 
 log = logging.getLogger("lorastudio")
@@ -32,8 +33,10 @@ KINDS = {400: "invalid_request_error", 401: "authentication_error", 403: "permis
 
 
 class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str | list[dict]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict] | None = None
+    tool_calls: list[dict] | None = None          # an assistant's earlier calls
+    tool_call_id: str | None = None               # a tool result's call
 
 
 class Sampling(BaseModel):
@@ -53,6 +56,8 @@ class Sampling(BaseModel):
 class ChatRequest(Sampling):
     messages: list[ChatMessage]
     max_completion_tokens: int | None = None     # the newer name of max_tokens
+    tools: list[dict] | None = None              # function schemas, rendered by the chat template as in training
+    tool_choice: str | dict | None = None        # "none" hides the tools; other values: the model decides
 
 
 class CompletionRequest(Sampling):
@@ -127,12 +132,14 @@ def build_api(engine: Engine, api_key: str | None = None, allowed: frozenset[str
 
     @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
     def chat_completions(body: ChatRequest):
-        messages = [{"role": m.role, "content": _text(m.content)} for m in body.messages]
+        messages = [toolcall_api.message(m.role, _text(m.content), m.tool_calls, m.tool_call_id, i)
+                    for i, m in enumerate(body.messages)]
         if not messages:
             raise ServeError("messages must hold at least one message", param="messages")
+        tools = None if body.tool_choice == "none" else toolcall_api.schemas(body.tools)
         max_tokens = body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens
-        prepared = _prepare(engine, body, messages=messages, max_tokens=max_tokens)
-        return _respond(engine, prepared, body, chat=True)
+        prepared = _prepare(engine, body, messages=messages, max_tokens=max_tokens, tools=tools)
+        return _respond(engine, prepared, body, chat=True, tools=bool(tools))
 
     @app.post("/v1/completions", dependencies=[Depends(require_key)])
     def completions(body: CompletionRequest):
@@ -145,25 +152,28 @@ def build_api(engine: Engine, api_key: str | None = None, allowed: frozenset[str
     return app
 
 
-def _prepare(engine: Engine, body: Sampling, max_tokens: int | None, **prompt) -> Prepared:
+def _prepare(engine: Engine, body: Sampling, max_tokens: int | None, tools: list[dict] | None = None,
+             **prompt) -> Prepared:
     if body.n != 1:
         raise ServeError(f"n must be 1 on this server (one answer per request), not {body.n}", param="n")
     return engine.prepare(body.model, temperature=body.temperature, top_p=body.top_p, max_tokens=max_tokens,
-                          stop=body.stop, seed=body.seed, **prompt)
+                          stop=body.stop, seed=body.seed, tools=tools, **prompt)
 
 
-def _respond(engine: Engine, prepared: Prepared, body: Sampling, chat: bool):
+def _respond(engine: Engine, prepared: Prepared, body: Sampling, chat: bool, tools: bool = False):
     ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
     shape = _Shape(ident, int(time.time()), body.model, chat)
     if not body.stream:
-        return shape.whole(engine.complete(prepared))
+        return shape.whole(engine.complete(prepared), tools)
     usage = bool((body.stream_options or {}).get("include_usage"))
-    return StreamingResponse(_events(engine.stream(prepared), shape, usage), media_type="text/event-stream")
+    calls = toolcall_api.CallStream() if tools else None
+    return StreamingResponse(_events(engine.stream(prepared), shape, usage, calls), media_type="text/event-stream")
 
 
-async def _events(pieces, shape: "_Shape", usage: bool):
+async def _events(pieces, shape: "_Shape", usage: bool, calls: "toolcall_api.CallStream | None" = None):
     """SSE events from the engine's stream; each step runs in a thread (generation blocks), and the stream is
-    closed when the client goes away, which stops the generation and frees the engine's lock."""
+    closed when the client goes away, which stops the generation and frees the engine's lock. With tools, the
+    text of a tool call is held back and sent as one tool_calls delta once the answer is complete."""
     try:
         if shape.chat:
             yield _event(shape.chunk({"role": "assistant", "content": ""}))
@@ -171,10 +181,19 @@ async def _events(pieces, shape: "_Shape", usage: bool):
             piece = await run_in_threadpool(next, pieces, None)
             if piece is None:
                 break
-            if piece.delta:
-                yield _event(shape.chunk({"content": piece.delta} if shape.chat else piece.delta))
+            delta = calls.feed(piece.delta) if calls else piece.delta
+            if delta:
+                yield _event(shape.chunk({"content": delta} if shape.chat else delta))
             if piece.done:
-                yield _event(shape.chunk({} if shape.chat else "", piece.finish_reason))
+                finish_reason = piece.finish_reason
+                if calls:
+                    rest, tool_calls = calls.finish()
+                    if rest:
+                        yield _event(shape.chunk({"content": rest}))
+                    if tool_calls:
+                        yield _event(shape.chunk({"tool_calls": toolcall_api.deltas(tool_calls)}))
+                        finish_reason = "tool_calls"
+                yield _event(shape.chunk({} if shape.chat else "", finish_reason))
                 if usage:
                     yield _event({**shape.chunk({}), "choices": [], "usage": _usage(piece)})
     except Exception as error:  # noqa: BLE001 - the status is sent already: tell the client in the stream
@@ -196,10 +215,14 @@ class _Shape:
         return {"id": self.ident, "object": kind, "created": self.created, "model": self.model,
                 "system_fingerprint": None}
 
-    def whole(self, piece: Piece) -> dict:
+    def whole(self, piece: Piece, tools: bool = False) -> dict:
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": piece.text},
-                      "finish_reason": piece.finish_reason, "logprobs": None}
+            message, finish_reason = {"role": "assistant", "content": piece.text}, piece.finish_reason
+            content, calls = toolcall_api.split(piece.text) if tools else (piece.text, [])
+            if calls:
+                message = {"role": "assistant", "content": content or None, "tool_calls": calls}
+                finish_reason = "tool_calls"
+            choice = {"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": None}
         else:
             choice = {"index": 0, "text": piece.text, "finish_reason": piece.finish_reason, "logprobs": None}
         return {**self._head("chat.completion" if self.chat else "text_completion"), "choices": [choice],
@@ -222,8 +245,10 @@ def _event(payload: dict) -> str:
     return f"data: {json.dumps(payload)}\n\n"
 
 
-def _text(content: str | list[dict]) -> str:
+def _text(content: str | list[dict] | None) -> str:
     """A message's text; OpenAI's content parts are accepted when they are text."""
+    if content is None:
+        return ""
     if isinstance(content, str):
         return content
     if not all(part.get("type") == "text" and isinstance(part.get("text"), str) for part in content):

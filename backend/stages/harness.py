@@ -59,7 +59,8 @@ def train(config: JobConfig, run_dir: Path, hooks=None, job_id: str = "", callba
     split = split_examples(config, recipe, dataset, tokenizer)
     # other datasets mixed in by share (training rows only; the held-out rows stay the job's own)
     mixed, mix_sources = mixing.mix_in(config, recipe, tokenizer, len(split.train_examples),
-                                       lambda done, total, text: hooks.phase(Phase.LOADING, done, total))
+                                       lambda done, total, text: hooks.phase(Phase.LOADING, done, total),
+                                       dataset.rows)
     train_rows, eval_rows = split.train_examples + mixed, split.eval_examples
     facts = recipe.arrange(config, split.examples, train_rows)
 

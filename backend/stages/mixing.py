@@ -29,10 +29,12 @@ class MixedSource:
     available: int           # the source's examples for this stage
     used: int                # rows it adds to the training set
     repeated: bool           # fewer available than used: cycled through more than once
+    warning: str = ""        # e.g. it answers without the reasoning the job's own rows have
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "id": self.dataset_id, "sha256": self.sha256, "share": self.share,
-                "available": self.available, "rows": self.used, "repeated": self.repeated}
+        out = {"name": self.name, "id": self.dataset_id, "sha256": self.sha256, "share": self.share,
+               "available": self.available, "rows": self.used, "repeated": self.repeated}
+        return {**out, "warning": self.warning} if self.warning else out
 
 
 def rows_for(share: float, own_rows: int, total_share: float) -> int:
@@ -40,12 +42,31 @@ def rows_for(share: float, own_rows: int, total_share: float) -> int:
     return round(own_rows * share / (1.0 - total_share))
 
 
-def mix_in(config: JobConfig, recipe, tokenizer, own_rows: int, progress=None) -> tuple[list[dict], list[MixedSource]]:
-    """(the mixed-in training examples, one MixedSource per source) for a job with `mix`; ([], []) without."""
+def reasoning_share(rows: list[dict]) -> float:
+    """The share of rows whose trained answers have a non-empty reasoning section."""
+    from backend.data.toolcalls import row_shape
+
+    return sum(row_shape(row)[0] == "with" for row in rows) / len(rows) if rows else 0.0
+
+
+def reasoning_warning(name: str, share: float, own: float, source: float) -> str:
+    """One sentence when the job's own rows mostly reason and a mixed source mostly does not, else ''."""
+    if own < 0.5 or source >= 0.5:
+        return ""
+    return (f"{own:.0%} of the job's own rows answer with a <think> section but only {source:.0%} of {name}'s do: "
+            f"mixed in at {share:.0%} they teach the model that reasoning is optional, so it may skip it; mix in a "
+            "source whose answers reason, or lower its share")
+
+
+def mix_in(config: JobConfig, recipe, tokenizer, own_rows: int, progress=None,
+           own_dataset_rows: list[dict] | None = None) -> tuple[list[dict], list[MixedSource]]:
+    """(the mixed-in training examples, one MixedSource per source) for a job with `mix`; ([], []) without.
+    `own_dataset_rows`: the job's own canonical rows, to compare their reasoning with each source's."""
     if not config.mix:
         return [], []
     from backend.data.replay import REPLAY, ensure_replay
 
+    own_reasoning = reasoning_share(own_dataset_rows or [])
     total = sum(config.mix.values())
     examples, sources = [], []
     for place, (name, share) in enumerate(config.mix.items(), start=1):
@@ -61,8 +82,11 @@ def mix_in(config: JobConfig, recipe, tokenizer, own_rows: int, progress=None) -
         random.Random(config.training.seed + place).shuffle(order)
         picked = [own[order[i % len(own)]] for i in range(wanted)]
         examples += picked
+        warning = reasoning_warning(name, share, own_reasoning, reasoning_share(dataset.rows))
+        if warning:
+            log.warning("mix: %s", warning)
         sources.append(MixedSource(name, dataset.id, dataset.content_hash, share, len(own), wanted,
-                                   wanted > len(own)))
+                                   wanted > len(own), warning))
         log.info("mix: %d rows of %s (share %.0f %%, %d available%s)", wanted, name, share * 100, len(own),
                  ", cycled through more than once" if wanted > len(own) else "")
     return examples, sources

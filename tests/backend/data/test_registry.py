@@ -66,3 +66,14 @@ def test_demo_datasets_are_registered_at_first_start():
     assert ensure_demo_datasets() == list(DEMO_DATASETS)     # idempotent
     assert len(list_datasets()) == len(DEMO_DATASETS)
     assert dataset_info("identity-demo")["report"]["format"] == "messages"
+
+
+def test_a_demo_whose_generator_changed_is_registered_again(monkeypatch):
+    """A new studio version may ship a different demo: its rows and report follow the new data, not the old."""
+    from backend.data import demo
+
+    ensure_demo_datasets(["colour-demo"])
+    before = dataset_info("colour-demo")["rows"]
+    monkeypatch.setitem(demo.DEMO_DATASETS, "colour-demo", lambda: demo.colour_rows()[:20])
+    ensure_demo_datasets(["colour-demo"])
+    assert before > 20 and dataset_info("colour-demo")["rows"] == 20

@@ -232,3 +232,25 @@ def test_a_client_that_leaves_mid_stream_frees_the_engine(api):
     assert chat(api, api.base, max_tokens=2).choices[0].finish_reason == "length"
     assert time.monotonic() - started < 10            # the left stream stopped generating and let go of the lock
     assert api.engine.stats()["requests"][-2]["finish_reason"] == "aborted"
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def test_tools_and_an_earlier_call_reach_the_chat_template(api):
+    """The real client sends tools, an assistant's call (arguments as a JSON string) and the tool's result; the
+    engine renders them through the adapter's template, as training does."""
+    messages = [{"role": "user", "content": "Weather in Oslo?"},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "call_1", "type": "function",
+                     "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 3}'}]
+    result = api.client.chat.completions.create(model=api.a, messages=messages, tools=[WEATHER], **GREEDY)
+    assert result.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    prepared = api.engine.prepare(api.a, messages=[{**m} for m in (messages[0],)], tools=[WEATHER], max_tokens=4)
+    prompt = prepared.tokenizer.decode(prepared.input_ids)
+    assert '"name": "get_weather"' in prompt and "<tools>" in prompt
+    with pytest.raises(openai.BadRequestError) as raised:
+        api.client.chat.completions.create(model=api.a, messages=QUESTION, tools=[{"type": "function"}], **GREEDY)
+    assert raised.value.body["message"].startswith("tools[0]: the tool schema has no function name")

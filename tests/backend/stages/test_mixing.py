@@ -82,3 +82,23 @@ def test_a_mixed_job_trains_and_its_card_counts_every_source(tiny_model, workspa
     assert source["name"] == "colour-demo" and source["share"] == 0.1 and source["rows"] == round(own_train / 9)
     card = (run_dir / "card.md").read_text()
     assert f"Mixed into the training rows: `colour-demo` ({source['id']}): {source['rows']} rows, 10 %" in card
+
+
+def test_a_source_without_the_reasoning_of_the_jobs_rows_is_a_warning(tiny_model, smol_tokenizer, tmp_path):
+    import json
+
+    reasoning = tmp_path / "reasoning.jsonl"
+    reasoning.write_text("".join(json.dumps({"messages": [
+        {"role": "user", "content": f"What is {i} + {i}?"},
+        {"role": "assistant", "content": f"<think>{i} and {i} make {2 * i}.</think>{2 * i}"}]}) + "\n"
+        for i in range(20)))
+    config = JobConfig.from_dict({**mixed_config(tiny_model, {"colour-demo": 0.2}).to_dict(),
+                                  "dataset": str(reasoning)})
+    own = load_for_stage(str(reasoning), "sft").rows
+    _, [source] = mixing.mix_in(config, recipe_for("sft"), smol_tokenizer, 16, own_dataset_rows=own)
+    assert source.warning == ("100% of the job's own rows answer with a <think> section but only 0% of "
+                              "colour-demo's do: mixed in at 20% they teach the model that reasoning is optional, "
+                              "so it may skip it; mix in a source whose answers reason, or lower its share")
+    assert source.to_dict()["warning"] == source.warning
+    # the other way round (a plain job, a reasoning source) is no warning
+    assert mixing.reasoning_warning("r", 0.2, own=0.0, source=1.0) == ""
