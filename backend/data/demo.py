@@ -10,6 +10,8 @@ identity-demo, the two parents of the adapter-composition demo (presets compose-
 the other does not.
 `harbour-texts`: a folder of plain-text files for continued pretraining (backend.data.demo_corpus).
 `tool-calls-demo`: function calling (OpenAI tools / tool_calls) with the tool results (backend.data.demo_tools).
+`dates-demo`: ISO dates written in words ("2024-03-05" -> "5 March 2024"), one exactly checkable answer per row,
+with held-out dates for exact-match accuracy (backend.data.demo_dates; bench/claims.py).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import random
 from pathlib import Path
 
 from backend.data.demo_corpus import harbour_texts
+from backend.data.demo_dates import date_rows
 from backend.data.demo_tools import tool_call_rows
 
 IDENTITY_NAME = "Nova"
@@ -207,7 +210,7 @@ def colour_rows(seed: int = 0) -> list[dict]:
 
 DEMO_DATASETS = {"identity-demo": identity_rows, "concise-pairs": concise_pair_rows,
                  "concise-kto": concise_kto_rows, "colour-demo": colour_rows, "harbour-texts": harbour_texts,
-                 "tool-calls-demo": tool_call_rows}
+                 "tool-calls-demo": tool_call_rows, "dates-demo": date_rows}
 
 
 def write_demo(name: str, folder: Path) -> Path:

@@ -1,0 +1,48 @@
+"""The claims benchmark: its verdict logic on made-up curves (fast), and one run on the tiny model (slow)."""
+import pytest
+
+from bench import claims
+
+
+def test_steps_to_target_uses_the_smoothed_curve():
+    losses = [3.0, 2.0, 1.0, 0.5, 0.4, 0.3]
+    assert claims.smoothed([1.0, 3.0], window=2) == [1.0, 2.0]
+    assert claims.steps_to(losses, 1.0) == 6 and claims.steps_to(losses, 0.1) is None
+
+
+def test_verdicts_come_from_the_numbers():
+    def run(losses, eval_loss, accuracy, trainable=1000, ranks=None):
+        return {"losses": losses, "eval_loss": eval_loss, "accuracy": accuracy, "trainable": trainable,
+                "ranks": ranks or {}}
+    slow, fast = [3.0] * 5 + [1.0] * 10, [3.0, 1.0] + [0.5] * 13
+    runs = {"lora": run(slow, 1.0, 0.5), "pissa": run(fast, 0.9, 0.6), "dora": run(slow, 1.1, 0.4),
+            "vera": run(slow, 1.2, 0.1, trainable=50), "qlora": run(slow, 1.0, 0.5), "lora+": {"error": "boom"},
+            "adalora": run(slow, 1.0, 0.5, ranks={"layer 0": {"q_proj": 2}, "layer 1": {"q_proj": 9}})}
+    rows = {row[0]: row for row in claims.verdicts(runs, target=1.5)}
+    assert rows["PiSSA converges 2-3x faster than LoRA"][3].startswith("yes")
+    assert rows["DoRA beats LoRA at the same rank"][3] == "no"
+    assert rows["LoRA+ converges ~2x faster"][3] == "not measured"
+    assert rows["VeRA ~10x fewer trainable parameters"][3].startswith("yes (20x fewer); quality lost")
+    assert "LoftQ not run: needs CUDA" in rows["QLoRA within 1-2 points of LoRA; LoftQ narrows the gap"][3]
+    assert rows["AdaLoRA spends rank where it matters"][3].startswith("yes (ranks uneven)")
+    assert rows["rsLoRA makes high rank pay off"][3] == "not measured"
+
+
+@pytest.mark.slow   # three training subprocesses on the tiny model, each answering the 40 held-out dates
+def test_claims_benchmark_on_the_tiny_model(tiny_model_dir):
+    text = claims.main(steps=3, batch=2, model=str(tiny_model_dir), arms=("lora", "vera", "adalora"))
+    table = [line for line in text.splitlines() if line.startswith("| lora ") or line.startswith("| vera ")
+             or line.startswith("| adalora ")]
+    assert len(table) == 3 and "failed" not in text, text
+    lora = [cell.strip() for cell in table[0].strip("|").split("|")]
+    # LoRA r=8 on every linear layer of the 2-layer tiny llama: r x (in + out) per module
+    from transformers import AutoConfig
+    cfg = AutoConfig.from_pretrained(tiny_model_dir)
+    h, i = cfg.hidden_size, cfg.intermediate_size
+    kv = cfg.num_key_value_heads * (getattr(cfg, "head_dim", None) or h // cfg.num_attention_heads)
+    per_layer = 8 * ((h + h) * 2 + (h + kv) * 2 + (h + i) * 2 + (i + h))     # q, o; k, v; gate, up; down
+    assert lora[1] == f"{cfg.num_hidden_layers * per_layer:,}" and lora[2] == "1"
+    assert "| qlora + loftq | not run: needs CUDA" in text
+    for claim in ("PiSSA converges", "VeRA ~10x", "AdaLoRA spends rank"):
+        assert claim in text
+    assert "AdaLoRA's final ranks per layer" in text
