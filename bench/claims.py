@@ -232,7 +232,9 @@ def verdicts(runs: dict[str, dict], target: float) -> list[list[str]]:
     ranks = get("adalora", "ranks") or {}
     totals = [sum(modules.values()) for modules in ranks.values()]
     spread = f"per-layer totals {min(totals)}-{max(totals)}" if totals else "no ranks recorded"
-    if ok("adalora") and ok("lora"):
+    if ok("adalora") and ok("lora") and not totals:
+        ada = "not measured (no ranks recorded: too few steps for AdaLoRA to prune)"
+    elif ok("adalora") and ok("lora"):
         uneven = bool(totals) and max(totals) > min(totals)
         ada = (f"{'yes' if uneven else 'no'} (ranks {'uneven' if uneven else 'even'}); accuracy "
                f"{'kept' if get('adalora', 'accuracy') >= get('lora', 'accuracy') else 'lower'}")
