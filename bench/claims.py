@@ -195,8 +195,8 @@ def verdicts(runs: dict[str, dict], target: float) -> list[list[str]]:
         if not (ok(a) and ok(b)):
             return "not measured"
         lower = get(a, "eval_loss") < get(b, "eval_loss")
-        acc = get(a, "accuracy") >= get(b, "accuracy")
-        return "yes" if lower and acc else "partly" if lower or get(a, "accuracy") > get(b, "accuracy") else "no"
+        more = get(a, "accuracy") > get(b, "accuracy")     # a tie in accuracy is no win: "partly" at best
+        return "yes" if lower and more else "partly" if lower or more else "no"
 
     rows.append(["PiSSA converges 2-3x faster than LoRA", "steps to target loss; final eval loss",
                  f"steps {steps_text('pissa')} vs {steps_text('lora')}; eval {fmt(get('pissa', 'eval_loss'))} vs "
@@ -284,8 +284,10 @@ def main(steps: int = 40, batch: int = 8, lr: float = 3e-4, model: str = "smollm
                             "eval loss", "exact match", "step time / lora", "peak MiB", "peak / lora"], rows)
     claims = markdown_table(["claim", "measure", "measured here", "held?"], verdicts(runs, target))
     ada = runs.get("adalora", {})
+    by_layer = sorted((ada.get("ranks") or {}).items(), key=lambda item: [int(t) if t.isdigit() else t
+                                                                           for t in item[0].split()])
     ranks = "\n".join(f"- {layer}: " + ", ".join(f"{m} {r}" for m, r in modules.items())
-                      for layer, modules in (ada.get("ranks") or {}).items())
+                      for layer, modules in by_layer)
     samples = "; ".join(f"`{s}`" for s in lora.get("samples", []))
     text = "\n".join([
         f"### Claims on dates-demo ({model}, {steps} steps, batch {batch}, lr {lr:g}, alpha {ALPHA}, seed 42; "

@@ -26,6 +26,10 @@ def test_verdicts_come_from_the_numbers():
     assert "LoftQ not run: needs CUDA" in rows["QLoRA within 1-2 points of LoRA; LoftQ narrows the gap"][3]
     assert rows["AdaLoRA spends rank where it matters"][3].startswith("yes (ranks uneven)")
     assert rows["rsLoRA makes high rank pay off"][3] == "not measured"
+    # a lower eval loss at the same accuracy is a partial win, not a "yes"
+    runs["dora"] = run(slow, 0.9, 0.5)
+    rows = {row[0]: row for row in claims.verdicts(runs, target=1.5)}
+    assert rows["DoRA beats LoRA at the same rank"][3] == "partly"
 
 
 @pytest.mark.slow   # three training subprocesses on the tiny model, each answering the 40 held-out dates
