@@ -129,6 +129,21 @@ class PromptTuningSettings:
 
 
 @dataclass(frozen=True)
+class GaLoreSettings:
+    rank: int = _f(8, "GaLore: rank of the gradient projection; the optimizer keeps its two states at this rank "
+                   "(higher = closer to full fine-tuning, more memory). 8 to 128 is typical, 128 to 512 for 7B models.",
+                   min=1, max=4096)
+    update_proj_gap: int = _f(200, "GaLore: steps between two refreshes of each layer's projection (an SVD of its "
+                              "gradient); shorter follows the gradient better, each refresh costs one SVD per layer.",
+                              min=1, max=1_000_000)
+    scale: float = _f(0.25, "GaLore: scale of the projected update (the paper's alpha); 0.25 is the published "
+                      "default, raise the learning rate rather than this.", min=0.0, max=10.0)
+    save_rank: int = _f(0, "GaLore: rank of the LoRA adapter the trained weights are saved as (an SVD of each "
+                        "layer's change); 0 = full rank, exact but as large as the layers; lower = smaller files, "
+                        "with the reconstruction error in run.json and the card.", min=0, max=65536)
+
+
+@dataclass(frozen=True)
 class ResourceSettings:
     gpus: int = _f(1, "GPUs for this job; more than 1 trains data-parallel (DDP) with one process per GPU "
                    "(on a CPU-only machine: that many CPU processes).", min=1, max=64)
@@ -158,7 +173,11 @@ class JobConfig:
                      "saved adapter is a plain LoRA of twice the rank), prompt_tuning (prompt_tuning.virtual_tokens learned "
                      "embeddings put before every input: the fewest parameters and no change to any weight, but it "
                      "learns less than LoRA, cannot be merged into the model (adapter export only) and uses "
-                     "virtual_tokens of the context).",
+                     "virtual_tokens of the context), or galore (no adapter during training: the base's target "
+                     "linear layers train at full rank while the optimizer keeps its state in a low-rank projection "
+                     "of the gradient (galore.rank): learns more like full fine-tuning than LoRA, but the weights and "
+                     "their gradients are full size, so it needs more memory and slower steps than LoRA; saved as a "
+                     "LoRA adapter of galore.save_rank).",
                      choices=Method.values())
     chat_template: typing.Optional[str] = _f(None, "Chat template for a base model without one: chatml, llama3, "
                                               "alpaca or vicuna (empty = the model's own).",
@@ -174,6 +193,7 @@ class JobConfig:
     alignment: AlignmentSettings = field(default_factory=AlignmentSettings)
     adalora: AdaLoraSettings = field(default_factory=AdaLoraSettings)
     prompt_tuning: PromptTuningSettings = field(default_factory=PromptTuningSettings)
+    galore: GaLoreSettings = field(default_factory=GaLoreSettings)
     resources: ResourceSettings = field(default_factory=ResourceSettings)
     init_adapter: typing.Optional[str] = _f(None, "A finished job id: start this stage from that job's adapter.")
 
@@ -229,7 +249,7 @@ class JobConfig:
         errors = list(self.load_errors)
         for prefix, section in (("", self), ("lora.", self.lora), ("training.", self.training),
                                 ("alignment.", self.alignment), ("resources.", self.resources),
-                                ("prompt_tuning.", self.prompt_tuning)):
+                                ("prompt_tuning.", self.prompt_tuning), ("galore.", self.galore)):
             for spec in dataclasses.fields(section):
                 value = getattr(section, spec.name)
                 if spec.metadata.get("internal") or dataclasses.is_dataclass(value):
@@ -258,6 +278,8 @@ class JobConfig:
             errors.extend(_adalora_problems(self))
         if self.method == Method.PROMPT_TUNING:
             errors.extend(_prompt_tuning_problems(self))
+        if self.method == Method.GALORE:
+            errors.extend(_galore_problems(self))
         errors.extend(_mix_problems(self))
         if self.stage in Stage.values() and Stage(self.stage).is_preference and self.alignment.beta <= 0:
             errors.append("alignment.beta: must be above 0 for preference stages (0.1 to 0.5 is typical)")
@@ -364,6 +386,34 @@ def _prompt_tuning_problems(config: "JobConfig") -> list[str]:
 PROMPT_TUNING_REFUSED_STAGES: dict[str, str] = {
     Stage.ORPO: "method: prompt_tuning cannot train ORPO (TRL's ORPO loss does not account for the virtual tokens); "
                 "use dpo or kto, or another method",
+}
+
+
+def _galore_problems(config: "JobConfig") -> list[str]:
+    """GaLore trains the base's own weights with its own optimizer: what would need another base, another
+    optimizer or a second copy of the model is refused."""
+    problems = []
+    if config.lora.loraplus_ratio:
+        problems.append("lora.loraplus_ratio: LoRA+ raises the learning rate of LoRA's B matrices, and galore trains "
+                        "no LoRA matrices; leave it empty")
+    if config.training.optim != "adamw":
+        problems.append(f"training.optim: galore brings its own optimizer (GaLore AdamW, state kept at galore.rank), "
+                        f"so {config.training.optim} cannot be used with it; set adamw")
+    if config.init_adapter:
+        problems.append("init_adapter: galore trains the base weights themselves, not an adapter, so it cannot start "
+                        "from another job's adapter; merge and import that model, or leave init_adapter empty")
+    if config.stage in GALORE_REFUSED_STAGES:
+        problems.append(GALORE_REFUSED_STAGES[config.stage])
+    return problems
+
+
+# GaLore trains the base in place: DPO and KTO need the untouched base as their reference, which TRL would hold as a
+# second full copy of the model (no adapter to disable); ORPO needs no reference
+GALORE_REFUSED_STAGES: dict[str, str] = {
+    Stage.DPO: "method: galore cannot train DPO (its reference would be a second full copy of the model, since "
+               "galore changes the base weights themselves); use orpo, or a LoRA method for DPO",
+    Stage.KTO: "method: galore cannot train KTO (its reference would be a second full copy of the model, since "
+               "galore changes the base weights themselves); use orpo, or a LoRA method for KTO",
 }
 
 

@@ -51,6 +51,7 @@ class Method(StrEnum):
     EVA = "eva"
     CORDA = "corda"
     PROMPT_TUNING = "prompt_tuning"
+    GALORE = "galore"          # full-rank training of the base's linear layers, low-rank optimizer state
 
 
 class JobStatus(StrEnum):

@@ -39,6 +39,7 @@ SECTIONS = {
                                  "adalora.interval"],
     "Prompt tuning (method prompt_tuning)": ["prompt_tuning.virtual_tokens", "prompt_tuning.init",
                                              "prompt_tuning.init_text"],
+    "GaLore (method galore)": ["galore.rank", "galore.update_proj_gap", "galore.scale", "galore.save_rank"],
     "Resources": ["resources.gpus"],
 }
 FIELD_PATHS = [p for paths in SECTIONS.values() for p in paths]

@@ -161,7 +161,7 @@ def render_card(facts: dict) -> str:
         f"{'' if not facts.get('optimizer') else ', optimizer ' + facts['optimizer']}.\n\n"
         + _mix_text(facts["dataset"].get("mix"), unit) +
         f"Lineage: {' -> '.join(facts['lineage'])}.\n\n"
-        + _ranks_text(facts.get("adapter_ranks")) +
+        + _ranks_text(facts.get("adapter_ranks")) + _galore_text(results) +
         f"{USE_HEADING}\n\nThe adapter is in `adapter/` next to this card. Load it with peft on its base model "
         "(run from this folder):\n\n"
         + usage_python("adapter", "adapter", facts["base_model"].get("path") or facts["base_model"]["name"])
@@ -193,6 +193,16 @@ def _ranks_text(ranks: dict | None) -> str:
     lines = [f"- {layer}: " + ", ".join(f"{m} {r}" for m, r in modules.items()) for layer, modules in ranks.items()]
     total = sum(r for modules in ranks.values() for r in modules.values())
     return f"Final ranks chosen during training ({total} in all):\n\n" + "\n".join(lines) + "\n\n"
+
+
+def _galore_text(results: dict) -> str:
+    """GaLore trained the base's layers themselves: how their change was saved as a LoRA adapter, and how exactly."""
+    if "galore_reconstruction_error" not in results:
+        return ""
+    return (f"Trained with GaLore (the layers themselves at full rank, the optimizer state at low rank); their change "
+            f"is saved as a LoRA adapter of rank {results['galore_adapter_rank']}, relative reconstruction error "
+            f"{results['galore_reconstruction_error']:.3g} (||D - BA|| / ||D|| over {results['galore_trained_layers']} "
+            "layers).\n\n")
 
 
 def write_run(run_dir: Path, **facts_of) -> dict:

@@ -23,6 +23,9 @@ measures it; bench/RESULTS.md publishes estimate vs measured for LoRA / QLoRA / 
 * overhead: CPU: nothing measurable beyond the terms above (tokenizer, rows and trainer fit in what the imports
   left free), plus the checkpoint pages that stay memory-mapped (in RSS, reclaimable) once QLoRA has quantized
   the weights or PiSSA has written its residual weights;
+* GaLore: the target layers' own weights train, so the adapter term is their full-size gradients and the optimizer
+  term AdamW's two states at galore.rank (rank x the larger side) plus the projection (rank x the smaller side);
+  the activations keep each trained layer's input instead of LoRA branches (counted from the layer, not measured);
   GPU: the CUDA context and the caching allocator's reserve.
 """
 from __future__ import annotations
@@ -163,6 +166,13 @@ def saved_per_token_layer(dims: dict, config, cuda: bool, masked: bool = False) 
     # worst-case batch (every row at max_length) has no padding, so padded batches need no mask.
     saved += (2 * q + 2 * (q if masked else kv)) * act
     saved += 3 * i * act               # gate, up, silu(gate)
+    if methods.spec(config.method).trains_base:
+        # GaLore: no LoRA branch; a trained layer keeps its input for its weight gradient: the normed hidden state
+        # (once for q / k / v, once for gate / up) and down_proj's input; o_proj's input is sdpa's output, kept above
+        names = _adapted(dims, config.lora.target_modules)
+        saved += h * act * (any(n in names for n in ("q_proj", "k_proj", "v_proj"))
+                            + any(n in names for n in ("gate_proj", "up_proj")))
+        return saved + (i * act if "down_proj" in names else 0)
     adapted = {} if methods.spec(config.method).peft_type == "PROMPT_TUNING" else \
         _adapted(dims, config.lora.target_modules)                 # prompt tuning adapts no layer
     for d_in, d_out in adapted.values():
@@ -207,12 +217,26 @@ def estimate(config, model_path: str | None = None, parameters: int = 0, cuda: b
         else:
             notes.append("the adapter's size is LoRA's at this rank: without the model's config.json the "
                          f"{methods.spec(config.method).label} adapter could not be counted")
+    galore_state = 0
+    if methods.spec(config.method).trains_base:
+        # GaLore: the target layers' full weights train (already counted in `weights`); AdamW's two states live in
+        # each gradient's projection to galore.rank (rank x the larger side), plus the projection (rank x the smaller)
+        layers = _adapted(dims, config.lora.target_modules).values()
+        n_adapter = dims["layers"] * sum(d_in * d_out for d_in, d_out in layers)
+        rank = config.galore.rank
+        galore_state = dims["layers"] * sum(2 * min(rank, min(d)) * max(d) + min(rank, min(d)) * min(d)
+                                            for d in layers)
+        notes.append(f"galore: the trained layers' weights and gradients are full size; optimizer state at rank "
+                     f"{rank}, and every galore.update_proj_gap steps one SVD per layer (brief extra memory)")
     n_magnitude = 0
     if methods.spec(config.method).dora:
         n_magnitude = dims["layers"] * sum(out for _, out in _adapted(dims, config.lora.target_modules).values())
     adapter_bytes = 2 if quantized else 4
     adapter = (n_adapter * adapter_bytes + n_magnitude * 4) * 2       # weights + gradients
-    if config.training.optim == "adamw":
+    if galore_state:
+        adapter = n_adapter * act_bytes                # GaLore: gradients only, the weights are the base's own
+        optimizer = galore_state * act_bytes           # states in the parameters' dtype
+    elif config.training.optim == "adamw":
         optimizer = (n_adapter * adapter_bytes + n_magnitude * 4) * 2     # AdamW: two states of the parameter's dtype
     else:
         optimizer = _eight_bit_state(dims, config, n_adapter) + n_magnitude * 8   # magnitudes: under MIN_8BIT_SIZE

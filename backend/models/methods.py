@@ -17,6 +17,10 @@ rescaling vectors on keys, values and the MLP's down projection), loha (Hadamard
 pairs), lokr (Kronecker product), oft (a block-diagonal orthogonal rotation of each weight).
 prompt_tuning: prompt_tuning.virtual_tokens learned input embeddings in front of every row (peft's prompt
 learning); no weight changes, so it cannot be merged (mergeable=False): adapter export and unmerged serving only.
+galore: no adapter while training (trains_base): the base's target linear layers (lora.target_modules) train at
+full rank with GaLore AdamW, whose state lives in a low-rank projection of each gradient; everything else is
+frozen. At save the change of each layer becomes a plain LoRA adapter (its SVD at galore.save_rank), so the
+playground, merge, export and serving read it as any LoRA (backend/stages/galore.py).
 
 A new method is one row in METHODS (and, if peft builds it with another config class, one builder function);
 the stages, the estimator, the adapters and the export read the facts from here. Small and pure: no model
@@ -216,6 +220,8 @@ class MethodSpec:
     trainer_callbacks: Callable | None = None   # (config, run_dir) -> TrainerCallbacks the method needs
     init_from_data: Callable | None = None      # (base, peft_config, token-id rows, batch_size, pad_id) -> PeftModel:
                                                 # a data-driven init that runs the base on some training rows first
+    trains_base: bool = False            # no peft model while training: the base's own layers train (GaLore); the
+                                         # saved adapter (peft_type) is derived from their change at save
 
 
 METHODS: dict[Method, MethodSpec] = {spec.method: spec for spec in (
@@ -237,6 +243,8 @@ METHODS: dict[Method, MethodSpec] = {spec.method: spec for spec in (
     MethodSpec(Method.PROMPT_TUNING, "Prompt tuning", mergeable=False, build_peft_config=build_prompt_tuning,
                peft_type="PROMPT_TUNING",
                not_mergeable_reason="not mergeable: prompt tuning adds virtual tokens, it does not change weights"),
+    # the LoraConfig built here is never trained: GaLore saves a LoRA adapter of its own ranks (stages/galore.py)
+    MethodSpec(Method.GALORE, "GaLore (full-rank layers, low-rank optimizer)", trains_base=True),
 )}
 
 

@@ -32,7 +32,8 @@ def precision_flags(config: JobConfig) -> dict:
 
 
 def load_peft_model(config: JobConfig, run_dir: Path, dtype, tokenizer=None, train_rows=()):
-    """The base model (4-bit for qlora/qdora) with a trainable adapter: new, or the init_adapter's.
+    """The base model (4-bit for qlora/qdora) with a trainable adapter: new, or the init_adapter's (GaLore: the base
+    itself, with only its target layers trainable).
 
     Returns (model, model_info, initial_dir): for a method that changes the base at init (PiSSA, OLoRA, CorDA)
     the initial adapter is saved so the final one can be converted to a plain LoRA relative to the untouched base.
@@ -56,6 +57,10 @@ def load_peft_model(config: JobConfig, run_dir: Path, dtype, tokenizer=None, tra
     base.config.use_cache = False
     initial_dir = None
     spec = methods.spec(config.method)
+    if spec.trains_base:
+        from backend.stages import galore
+
+        return galore.prepare(base, config), info, None     # GaLore: the base's own layers train, no adapter
     if config.init_adapter:
         model = PeftModel.from_pretrained(base, init_adapter_dir(config.init_adapter), is_trainable=True)
     elif spec.init_from_data is not None:
@@ -290,6 +295,24 @@ def split_rows(rows: list, eval_fraction: float, seed: int) -> tuple[list, list]
     random.Random(seed).shuffle(order)
     eval_ids = set(order[:count])
     return ([r for i, r in enumerate(rows) if i not in eval_ids], [r for i, r in enumerate(rows) if i in eval_ids])
+
+
+def method_training_args(config: JobConfig, model) -> dict:
+    """TrainingArguments a method sets itself (GaLore: its optimizer on the target layers); {} for the rest."""
+    if not methods.spec(config.method).trains_base:
+        return {}
+    from backend.stages import galore
+    return galore.optimizer_args(model, config)
+
+
+def save_trained(model, tokenizer, run_dir: Path, initial_dir: Path | None, config: JobConfig,
+                 dtype) -> tuple[Path, dict]:
+    """The adapter folder and the facts its saving adds to the results: a peft model's own adapter, or (GaLore) the
+    trained layers' change as a LoRA adapter with its reconstruction error."""
+    if methods.spec(config.method).trains_base:
+        from backend.stages import galore
+        return galore.save_adapter(model, tokenizer, run_dir, config, dtype)
+    return save_adapter(model, tokenizer, run_dir, initial_dir), {}
 
 
 def save_adapter(model, tokenizer, run_dir: Path, initial_dir: Path | None) -> Path:

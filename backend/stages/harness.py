@@ -94,6 +94,7 @@ def train(config: JobConfig, run_dir: Path, hooks=None, job_id: str = "", callba
             "eval_every": every, "final_eval": bool(eval_set),
             "rows_per_step": config.training.batch_size * config.training.grad_accum * world}
     args = common.training_args(config, run_dir, precision, bool(eval_set), every)
+    args.update(common.method_training_args(config, model))
     inputs = dict(
         model=model,
         train_dataset=Dataset.from_list(train_rows),
@@ -126,7 +127,7 @@ def train(config: JobConfig, run_dir: Path, hooks=None, job_id: str = "", callba
 
     log.info("phase: saving the adapter and the card")
     hooks.phase(Phase.SAVING)
-    adapter_dir = common.save_adapter(model, tokenizer, run_dir, initial_dir)
+    adapter_dir, saved = common.save_trained(model, tokenizer, run_dir, initial_dir, config, precision["dtype"])
     metrics = Metrics.read(run_dir / "metrics.jsonl")
     losses = metrics.losses
     results = {
@@ -137,6 +138,7 @@ def train(config: JobConfig, run_dir: Path, hooks=None, job_id: str = "", callba
         **{"final_" + key.replace("/", "_"): metrics.last_training_value(key) for key in recipe.result_keys},
         **({"reference": built.reference} if built.reference else {}),
         **facts,
+        **saved,
         "trainable_parameters": trainable,
         "wall_time_s": round(time.monotonic() - started, 2),
         "adapter_dir": str(adapter_dir),

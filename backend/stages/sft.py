@@ -58,7 +58,9 @@ def _use_flash_attention(model, precision: dict) -> None:
     if importlib.util.find_spec("flash_attn") is None or not (precision["bf16"] or precision["fp16"]):
         return
     try:
-        model.base_model.model.set_attn_implementation("flash_attention_2")
+        # a peft model's transformers model, or the model itself (GaLore trains the base without peft)
+        (model.base_model.model if hasattr(model, "peft_config") else model).set_attn_implementation(
+            "flash_attention_2")
     except (ImportError, ValueError) as error:
         log.warning("FlashAttention-2 not used (%s); padding-free batches run with sdpa", error)
 
