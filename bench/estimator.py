@@ -2,6 +2,10 @@
 
     python -m bench.estimator [--lengths 256 1024] [--batch 2] [--steps 3] [--methods lora qlora dora pissa]
                               [--measurements FILE.jsonl]   # compare saved arm results instead of measuring
+                              [--append FILE.jsonl]         # also append each new arm's result to this file
+
+An arm is a method, or METHOD+OPTIM for a training.optim other than adamw (lora+adamw_8bit); ALL_METHODS lists
+every method of backend/models/methods.py plus lora+adamw_8bit.
 
 Each (method, max_length) runs the studio's SFT stage (`sft.run`, LoRA r=16 all-linear, default batching) for a
 few steps in a FRESH subprocess, on synthetic rows whose answers are long enough that every row is cut to exactly
@@ -25,16 +29,26 @@ from pathlib import Path
 from bench.common import machine_line, markdown_table, median, scratch_workspace
 
 METHODS = ("lora", "qlora", "dora", "pissa")
+ALL_METHODS = METHODS + ("vera", "ia3", "loha", "lokr", "oft", "adalora", "olora", "eva", "corda", "prompt_tuning",
+                         "lora+adamw_8bit")
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
 MIB = 2 ** 20
 
 
+def split_arm(arm_name: str) -> tuple[str, str]:
+    """'lora+adamw_8bit' -> ('lora', 'adamw_8bit'); a plain method trains with adamw."""
+    method, _, optim = arm_name.partition("+")
+    return method, optim or "adamw"
+
+
 def job_config(model: str, data: str, method: str, max_length: int, batch: int, steps: int, batching: str = "auto"):
     from backend.config import JobConfig
+    method, optim = split_arm(method)
     return JobConfig.from_dict({
         "model": model, "dataset": data, "method": method, "lora": LORA,
         "training": {"max_steps": steps, "batch_size": batch, "max_length": max_length, "eval_fraction": 0.0,
-                     "save_steps": steps + 1, "logging_steps": 1, "seed": 42, "batching": batching}})
+                     "save_steps": steps + 1, "logging_steps": 1, "seed": 42, "batching": batching,
+                     "optim": optim}})
 
 
 def long_rows_file(folder: Path, rows: int, max_length: int) -> str:
@@ -73,7 +87,7 @@ def arm(model: str, data: str, method: str, max_length: int, batch: int, steps: 
             held["adapter"] = _storage_mib(t for n, t in _tensors(model) if t.requires_grad)
             held["loaded_mib"] = (_status_kib("VmRSS") - baseline) / 1024
 
-    run_dir = workspace.runs_dir() / f"memory-{method}-{max_length}"
+    run_dir = workspace.runs_dir() / f"memory-{method.replace('+', '-')}-{max_length}"
     run_dir.mkdir(parents=True, exist_ok=True)
     stages.train(config, run_dir, job_id=run_dir.name, callbacks=[Weights()])
     peak = _status_kib("VmHWM")
@@ -132,16 +146,23 @@ def prepare(home: Path, model: str, lengths, batch: int, steps: int) -> tuple[st
 
 
 def main(lengths=(256, 1024), batch: int = 2, steps: int = 3, model: str = "smollm2-135m-instruct",
-         methods=METHODS, measurements: str | None = None) -> str:
+         methods=METHODS, measurements: str | None = None, append: str | None = None) -> str:
     """Measure every (method, length) and compare; `measurements`: a JSONL of earlier `arm` results to compare
-    instead of measuring again (each line carries its method, max_length, batch and batching)."""
+    instead of measuring again (each line carries its method, max_length, batch and batching); `append`: a JSONL
+    each new arm's result is appended to as soon as it is measured."""
     rows, errors = [], []
     with scratch_workspace() as home:
         model, files = prepare(home, model, () if measurements else lengths, batch, steps)
         if measurements:
             runs = [json.loads(line) for line in Path(measurements).read_text().splitlines() if line.strip()]
         else:
-            runs = [measure(model, files[n], method, n, batch, steps) for method in methods for n in lengths]
+            runs = []
+            for method in methods:
+                for n in lengths:
+                    runs.append(measure(model, files[n], method, n, batch, steps))
+                    if append:
+                        with open(append, "a", encoding="utf-8") as handle:
+                            handle.write(json.dumps(runs[-1]) + "\n")
         for run in runs:
             estimated, est = estimated_mib(model, run["method"], run["max_length"], run["batch"], steps,
                                            run.get("batching", "auto"))
@@ -180,8 +201,10 @@ if __name__ == "__main__":
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--batching", default="auto", help="training.batching of every run (default: auto)")
     parser.add_argument("--measurements", help="compare these saved arm results (JSONL) instead of measuring")
+    parser.add_argument("--append", help="append each new arm's result (JSON) to this file")
     args = parser.parse_args()
     if args.arm:
         print(json.dumps(arm(args.model, args.data, args.arm, args.lengths[0], args.batch, args.steps, args.batching)))
     else:
-        main(tuple(args.lengths), args.batch, args.steps, args.model, tuple(args.methods), args.measurements)
+        main(tuple(args.lengths), args.batch, args.steps, args.model, tuple(args.methods), args.measurements,
+             args.append)

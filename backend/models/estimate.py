@@ -109,6 +109,19 @@ def adapter_parameters(dims: dict, r: int, target_modules) -> int:
     return dims["layers"] * sum(r * (a + b) for a, b in _adapted(dims, target_modules).values())
 
 
+def eva_adapter_parameters(dims: dict, r: int, target_modules) -> int:
+    """EVA's upper bound: peft keeps the rank budget (r x adapted modules) but moves it to the modules whose inputs
+    vary most, at most 2 x r each (EvaConfig's rho = 2), so the count is only known after the calibration pass.
+    The largest it can be: the budget filled into the modules with the most parameters per rank first."""
+    per_rank = sorted((a + b for a, b in _adapted(dims, target_modules).values()), reverse=True) * dims["layers"]
+    per_rank.sort(reverse=True)
+    budget, total = r * len(per_rank), 0
+    for size in per_rank:
+        rank = min(2 * r, budget)
+        total, budget = total + rank * size, budget - rank
+    return total
+
+
 def counted_adapter_parameters(model_path: str | None, config) -> int | None:
     """Trainable parameters of the job's peft config on the model's architecture, counted by peft itself on the
     meta device (no weights read): exact for the families without a closed formula here (VeRA, IA3, LoHa, LoKr,
@@ -173,16 +186,42 @@ def saved_per_token_layer(dims: dict, config, cuda: bool, masked: bool = False) 
         saved += h * act * (any(n in names for n in ("q_proj", "k_proj", "v_proj"))
                             + any(n in names for n in ("gate_proj", "up_proj")))
         return saved + (i * act if "down_proj" in names else 0)
-    adapted = {} if methods.spec(config.method).peft_type == "PROMPT_TUNING" else \
-        _adapted(dims, config.lora.target_modules)                 # prompt tuning adapts no layer
+    family = methods.spec(config.method).peft_type
+    adapted = {} if family == "PROMPT_TUNING" else _adapted(dims, config.lora.target_modules)  # prompt tuning: none
+    if family == "IA3":
+        # a learned vector times each adapted output (k, v), or the MLP down projection's input: that tensor is kept
+        ia3 = ({"k_proj": kv, "v_proj": kv, "down_proj": i} if config.lora.target_modules == "all-linear"
+               else {name: out for name, (_, out) in adapted.items()})
+        return saved + sum(ia3.values()) * adapter
+    if family in ("LOHA", "LOKR", "OFT"):
+        # the delta weight (LoHa, LoKr) or the rotation (OFT) multiplies each module's input, which is then kept:
+        # one tensor per distinct input (q / k / v share the norm's output, gate / up the other; o_proj reads sdpa's)
+        inputs = {"attention": h if {"q_proj", "k_proj", "v_proj"} & set(adapted) else 0,
+                  "mlp": h if {"gate_proj", "up_proj"} & set(adapted) else 0, "down": i if "down_proj" in adapted else 0}
+        return saved + sum(inputs.values()) * adapter
+    r = config.adalora.init_r if family == "ADALORA" else config.lora.r     # VeRA and AdaLoRA run LoRA's branch
     for d_in, d_out in adapted.values():
-        saved += config.lora.r * adapter                   # lora_A's output
+        saved += r * adapter                               # lora_A's output
         if config.lora.dropout > 0:
             # dropout's output, and its mask: a float tensor on CPU, a bool one from CUDA's fused kernel
             saved += d_in * adapter + d_in * (1 if cuda else adapter)
         if methods.spec(config.method).dora:
             saved += 3 * d_out * act                         # DoRA: base output, LoRA output, their scaled sum
     return saved
+
+
+def saved_per_step(dims: dict, config) -> float:
+    """Bytes autograd keeps for the backward pass that do not grow with the tokens, measured on the bundled model:
+    LoHa / LoKr build each adapted module's delta weight (the module's full size) and keep it; OFT keeps its
+    block rotations and the Cayley-Neumann powers behind them (about 4 x 32 x d_in per module)."""
+    family = methods.spec(config.method).peft_type
+    adapter = 2 if methods.spec(config.method).four_bit else 4
+    adapted = _adapted(dims, config.lora.target_modules).values()
+    if family in ("LOHA", "LOKR"):
+        return dims["layers"] * sum(d_in * d_out for d_in, d_out in adapted) * adapter
+    if family == "OFT":
+        return dims["layers"] * sum(4 * methods.OFT_BLOCK_SIZE * d_in for d_in, _ in adapted) * adapter
+    return 0.0
 
 
 def estimate(config, model_path: str | None = None, parameters: int = 0, cuda: bool = False) -> Estimate:
@@ -210,6 +249,12 @@ def estimate(config, model_path: str | None = None, parameters: int = 0, cuda: b
         prompt_tokens = config.prompt_tuning.virtual_tokens
         n_adapter = prompt_tokens * dims["hidden"]
         notes.append(f"prompt tuning: {prompt_tokens} virtual tokens in front of every row (counted in the activations)")
+    elif config.method == "eva":
+        # the rank moves between modules after the calibration pass: count the most it can cost (at most 1.4x
+        # LoRA's adapter on a llama shape, about 1% of the total)
+        n_adapter = eva_adapter_parameters(dims, config.lora.r, config.lora.target_modules)
+        notes.append("EVA moves rank between layers after its calibration pass: the adapter is counted at the most "
+                     "it can take (the rank budget in the largest modules, up to 2 x lora.r each)")
     elif methods.spec(config.method).peft_type != "LORA":
         counted = counted_adapter_parameters(model_path, config)
         if counted is not None:
@@ -262,6 +307,7 @@ def estimate(config, model_path: str | None = None, parameters: int = 0, cuda: b
         notes.append(f"includes {mapped / GIB:.2f} GiB of the checkpoint that stays memory-mapped after "
                      f"{'quantizing' if quantized else 'the ' + methods.spec(config.method).label + ' init'} "
                      "(file cache the system can reclaim)")
+    activations += saved_per_step(dims, config)
     if config.stage in (Stage.DPO, Stage.KTO):
         activations *= 2
         notes.append("preference stages run chosen and rejected (or reference) passes: activations doubled")

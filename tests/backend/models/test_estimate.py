@@ -73,10 +73,14 @@ def test_other_peft_families_are_counted_as_peft_builds_them(method, tiny_model_
 
 @pytest.mark.parametrize("method", ["olora", "eva", "corda"])
 def test_lora_initialisations_cost_what_lora_costs_and_say_what_runs_at_start(method, smollm2):
-    """OLoRA, EVA, CorDA: the same adapter as LoRA at this rank; the residual-base ones keep the original pages
-    mapped like PiSSA, the data-driven ones say that the base runs on the calibration rows first."""
+    """OLoRA, CorDA: the same adapter as LoRA at this rank (EVA: at most 1.4x, its upper bound); the residual-base
+    ones keep the original pages mapped like PiSSA, the data-driven ones say that the base runs on the calibration
+    rows first."""
     lora, init = (estimate.estimate(config(m), model_path=smollm2) for m in ("lora", method))
-    assert init.adapter_params == lora.adapter_params and init.optimizer == lora.optimizer
+    if method == "eva":   # the 210 x 16 rank budget at 2 x 16 in the 90 MLP modules, then 15 q / o projections
+        assert init.adapter_params == 16 * (90 * 2 * (576 + 1536) + 15 * 2 * (576 + 576)) < 1.4 * lora.adapter_params
+    else:
+        assert init.adapter_params == lora.adapter_params and init.optimizer == lora.optimizer
     assert (init.overhead > lora.overhead) == (method in ("olora", "corda"))
     assert any("calibration_rows" in note for note in init.notes) == (method in ("eva", "corda"))
 
@@ -102,6 +106,32 @@ def test_residual_base_initialisations_train_lora_sized_adapters(method, tiny_mo
     assert trained == estimate.estimate(job, model_path=str(tiny_model_dir)).adapter_params
 
 
+def test_eva_moves_rank_within_the_budget_and_under_the_estimate(tiny_model_dir):
+    """EVA on the tiny model: peft keeps the rank budget (r x adapted modules, at most 2 x r each) but moves it (a
+    module left at rank 0 is dropped), so the trained count differs from LoRA's; the estimate counts its upper
+    bound, never less than what trains."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForCausalLM
+
+    from backend.models import methods
+
+    job = JobConfig.from_dict({"method": "eva", "lora": {"r": 4, "dropout": 0.0}})
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    torch.manual_seed(0)
+    rows = [torch.randint(5, 500, (48,)).tolist() for _ in range(16)]
+    model = methods.eva_init(base, methods.build(job).peft_config, rows, 4, 0)
+    ranks = [m.r["default"] for m in model.modules() if isinstance(m, LoraLayer)]
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    lora = estimate.estimate(JobConfig.from_dict({"lora": {"r": 4}}), model_path=str(tiny_model_dir))
+    eva = estimate.estimate(job, model_path=str(tiny_model_dir))
+    dims = estimate._dims(str(tiny_model_dir), 0)
+    adapted = dims["layers"] * len(estimate._adapted(dims, job.lora.target_modules))   # before EVA drops any
+    assert len(ranks) <= adapted and sum(ranks) <= 4 * adapted and max(ranks) <= 8     # rank 0: module dropped
+    assert trained <= eva.adapter_params and lora.adapter_params <= eva.adapter_params <= 2 * lora.adapter_params
+    assert any("2 x lora.r" in note for note in eva.notes)
+
+
 def test_eight_bit_optimizers_keep_a_quarter_of_adamw_state(smollm2):
     adamw, eight, paged = (estimate.estimate(config(optim=o), model_path=smollm2, cuda=True)
                            for o in ("adamw", "adamw_8bit", "paged_adamw_8bit"))
@@ -123,3 +153,42 @@ def test_prompt_tuning_trains_virtual_tokens_x_hidden_and_lengthens_every_row(sm
     assert tuned.adapter + tuned.optimizer == 20 * 576 * 4 * 4       # fp32 weights, gradients, two AdamW states
     assert any("20 virtual tokens" in note for note in tuned.notes)
     assert tuned.activations < lora.activations                       # no LoRA branches to keep for backward
+
+
+@pytest.mark.parametrize("method", ["lora", "vera", "adalora", "ia3", "loha", "lokr", "oft"])
+def test_saved_activations_match_what_autograd_keeps_per_family(method, tiny_model_dir):
+    """Each peft family's activation terms against torch's saved tensors on the tiny model (CPU, fp32, no mask):
+    per token and layer (IA3 keeps two outputs and the MLP's input; LoHa / LoKr / OFT one tensor per distinct
+    input), and per step (LoHa / LoKr keep each module's full-size delta weight, OFT its rotation blocks)."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from backend.models import methods
+
+    # LoHa / LoKr / OFT take lora.dropout as module_dropout, which skips whole modules at random (what the seed
+    # drew decided the count); the estimate counts none skipped, so they are checked without it
+    dropout = 0.0 if method in ("loha", "lokr", "oft") else 0.05
+    job = JobConfig.from_dict({"method": method, "lora": {"r": 4, "dropout": dropout, "target_modules": "all-linear"},
+                               "adalora": {"init_r": 4, "target_r": 2}})
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                           methods.build(job).peft_config)
+    model.train()
+    held = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    saved, tokens = {}, 96
+
+    def pack(tensor):
+        if tensor.untyped_storage().data_ptr() not in held:
+            saved[tensor.untyped_storage().data_ptr()] = (tensor.untyped_storage().nbytes(), tokens in tensor.shape)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = model.get_base_model().model(input_ids=torch.randint(5, 500, (1, tokens))).last_hidden_state
+    dims = estimate._dims(str(tiny_model_dir), 0)
+    per_token = sum(n for n, grows in saved.values() if grows) / tokens / dims["layers"]
+    per_step = sum(n for n, grows in saved.values() if not grows)
+    assert per_token == pytest.approx(estimate.saved_per_token_layer(dims, job, cuda=False), rel=0.1)
+    expected = estimate.saved_per_step(dims, job)
+    assert per_step == pytest.approx(expected, rel=0.15) if expected else per_step < 0.1 * per_token * tokens
+    assert out.requires_grad
