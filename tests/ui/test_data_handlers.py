@@ -129,5 +129,5 @@ def test_tool_calls_are_counted_and_shown_inside_the_trained_span(tiny_model):
     assert "ls-trained" in result.preview and "&lt;tool_call&gt;" in result.preview
     import re
     trained = "".join(re.findall(r'<mark class="ls-trained"[^>]*>(.*?)</mark>', result.preview, re.S))
-    assert "&lt;tool_call&gt;" in trained and "&quot;name&quot;" in trained or '"name"' in trained
+    assert "&lt;tool_call&gt;" in trained and ("&quot;name&quot;" in trained or '"name"' in trained)
     assert "&lt;tools&gt;" not in trained                 # the schemas are prompt, not answer
