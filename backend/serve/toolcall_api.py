@@ -91,11 +91,7 @@ class CallStream:
             keep = next((n for n in range(min(len(text), len(CALL_OPENERS[0]) - 1), 0, -1)
                          if CALL_OPENERS[0].startswith(text[-n:])), 0)
             start = len(text) - keep
-            self.held = text[start:]
-            out = text[:start]
-        else:
-            self.held = text[start:]
-            out = text[:start]
+        out, self.held = text[:start], text[start:]
         self.sent += out
         return out
 
