@@ -50,6 +50,7 @@ class Method(StrEnum):
     OLORA = "olora"
     EVA = "eva"
     CORDA = "corda"
+    LOFTQ = "loftq"            # qlora with LoftQ's start: the adapter cancels the 4-bit rounding error
     PROMPT_TUNING = "prompt_tuning"
     GALORE = "galore"          # full-rank training of the base's linear layers, low-rank optimizer state
 

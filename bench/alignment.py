@@ -88,7 +88,7 @@ def memory_arm(model: str, steps: int, batch: int, second_copy: bool) -> dict:
     run_dir = workspace.runs_dir() / f"bench-memory-{int(second_copy)}"
     run_dir.mkdir(parents=True, exist_ok=True)
     precision = common.precision_flags(config)
-    model_obj, _, _ = common.load_peft_model(config, run_dir, precision["dtype"])
+    model_obj, *_ = common.load_peft_model(config, run_dir, precision["dtype"])
     reference = models.load_model(model, dtype=torch.float32) if second_copy else None
     args = DPOConfig(**common.training_args(config, run_dir, precision, False), beta=config.alignment.beta,
                      save_strategy="no")

@@ -161,7 +161,7 @@ def render_card(facts: dict) -> str:
         f"{'' if not facts.get('optimizer') else ', optimizer ' + facts['optimizer']}.\n\n"
         + _mix_text(facts["dataset"].get("mix"), unit) +
         f"Lineage: {' -> '.join(facts['lineage'])}.\n\n"
-        + _ranks_text(facts.get("adapter_ranks")) + _galore_text(results) +
+        + _ranks_text(facts.get("adapter_ranks")) + _galore_text(results) + _loftq_text(results) +
         f"{USE_HEADING}\n\nThe adapter is in `adapter/` next to this card. Load it with peft on its base model "
         "(run from this folder):\n\n"
         + usage_python("adapter", "adapter", facts["base_model"].get("path") or facts["base_model"]["name"])
@@ -203,6 +203,16 @@ def _galore_text(results: dict) -> str:
             f"is saved as a LoRA adapter of rank {results['galore_adapter_rank']}, relative reconstruction error "
             f"{results['galore_reconstruction_error']:.3g} (||D - BA|| / ||D|| over {results['galore_trained_layers']} "
             "layers).\n\n")
+
+
+def _loftq_text(results: dict) -> str:
+    """LoftQ changed the 4-bit base at the start: how much of the rounding error the initial adapter took away."""
+    if "loftq_error_loftq" not in results:
+        return ""
+    return (f"Started with LoftQ ({results['loftq_iterations']} iteration(s) over {results['loftq_layers']} layers): "
+            f"the 4-bit base's mean relative weight error {results['loftq_error_qlora']:.4f} (plain QLoRA's start) "
+            f"became {results['loftq_error_loftq']:.4f} with the initial adapter. The adapter was converted at save "
+            "into a plain LoRA for the original full-precision weights.\n\n")
 
 
 def write_run(run_dir: Path, **facts_of) -> dict:

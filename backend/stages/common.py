@@ -35,9 +35,10 @@ def load_peft_model(config: JobConfig, run_dir: Path, dtype, tokenizer=None, tra
     """The base model (4-bit for qlora/qdora) with a trainable adapter: new, or the init_adapter's (GaLore: the base
     itself, with only its target layers trainable).
 
-    Returns (model, model_info, initial_dir): for a method that changes the base at init (PiSSA, OLoRA, CorDA)
-    the initial adapter is saved so the final one can be converted to a plain LoRA relative to the untouched base.
-    A data-driven init (EVA, CorDA) first runs the base on the first lora.calibration_rows training rows.
+    Returns (model, model_info, initial_dir, init_facts): for a method that changes the base at init (PiSSA, OLoRA,
+    CorDA, LoftQ) the initial adapter is saved so the final one can be converted to a plain LoRA relative to the
+    untouched base. A data-driven init (EVA, CorDA) first runs the base on the first lora.calibration_rows training
+    rows; a method's own init (LoftQ) rewrites the new adapter and reports facts for run.json (init_facts).
     """
     import torch
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
@@ -55,12 +56,12 @@ def load_peft_model(config: JobConfig, run_dir: Path, dtype, tokenizer=None, tra
         base = prepare_model_for_kbit_training(
             base, use_gradient_checkpointing=config.training.gradient_checkpointing)
     base.config.use_cache = False
-    initial_dir = None
+    initial_dir, init_facts = None, {}
     spec = methods.spec(config.method)
     if spec.trains_base:
         from backend.stages import galore
 
-        return galore.prepare(base, config), info, None     # GaLore: the base's own layers train, no adapter
+        return galore.prepare(base, config), info, None, {}  # GaLore: the base's own layers train, no adapter
     if config.init_adapter:
         model = PeftModel.from_pretrained(base, init_adapter_dir(config.init_adapter), is_trainable=True)
     elif spec.init_from_data is not None:
@@ -70,6 +71,8 @@ def load_peft_model(config: JobConfig, run_dir: Path, dtype, tokenizer=None, tra
                                     tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     else:
         model = get_peft_model(base, plan.peft_config)
+        if spec.init_weights is not None:
+            init_facts = spec.init_weights(model, config)
     if spec.converts_at_save and not config.init_adapter:
         initial_dir = run_dir / "initial-adapter"
         adapter = model.peft_config["default"]
@@ -77,7 +80,7 @@ def load_peft_model(config: JobConfig, run_dir: Path, dtype, tokenizer=None, tra
         adapter.init_lora_weights = True  # saved as a plain LoRA so peft can convert against it later
         model.save_pretrained(initial_dir)
         adapter.init_lora_weights = init
-    return model, info, initial_dir
+    return model, info, initial_dir, init_facts
 
 
 def calibration_ids(config: JobConfig, tokenizer, train_rows) -> list[list[int]]:

@@ -66,7 +66,7 @@ def train(config: JobConfig, run_dir: Path, hooks=None, job_id: str = "", callba
 
     # 2. Model with its adapter (new, or a finished job's with init_adapter).
     precision = common.precision_flags(config)
-    model, model_info, initial_dir = common.load_peft_model(config, run_dir, precision["dtype"], tokenizer,
+    model, model_info, initial_dir, init_facts = common.load_peft_model(config, run_dir, precision["dtype"], tokenizer,
                                                             train_rows)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("model %s (%s), method %s, stage %s: %d trainable parameters, world size %s", model_info.name,
@@ -138,6 +138,7 @@ def train(config: JobConfig, run_dir: Path, hooks=None, job_id: str = "", callba
         **{"final_" + key.replace("/", "_"): metrics.last_training_value(key) for key in recipe.result_keys},
         **({"reference": built.reference} if built.reference else {}),
         **facts,
+        **init_facts,
         **saved,
         "trainable_parameters": trainable,
         "wall_time_s": round(time.monotonic() - started, 2),
