@@ -5,12 +5,14 @@
 Every arm trains the studio's SFT stage (`backend.stages.train`, in a FRESH subprocess for a clean peak memory)
 on the demo dataset `dates-demo` ("Write 2024-03-05 in words." -> "5 March 2024", backend/data/demo_dates.py)
 with the same seed, rows, steps, batch and learning rate; only the method (and the rank where a claim is about
-rank) differs. Per arm: trainable parameters, the steps to reach a target train loss (LoRA's loss at 60% of its
-steps; losses smoothed over 5 steps), the final eval loss on the harness's own held-out split, exact-match
-accuracy of greedy answers on 40 held-out dates that no training row has (through the adapter, the playground's
-loading code), the median step time and the peak memory (VmHWM minus the RSS after the imports) relative to
-LoRA r=8, and AdaLoRA's final ranks per layer (run.json's adapter_ranks). A claims table then says, from these
-numbers, whether each claim held here. LoftQ is not run: peft's loftq_init needs CUDA.
+rank) differs. The "@own-lr" arms repeat an arm at its method's own published learning rate (OWN_LR): at the
+shared 3e-4, VeRA, IA3, LoHa, LoKr and AdaLoRA barely move in 30 steps. Per arm: trainable parameters, the steps
+to reach a target train loss (LoRA's loss at 60% of its steps; losses smoothed over 5 steps), the final eval loss
+on the harness's own held-out split, exact-match accuracy of greedy answers on 40 held-out dates that no training
+row has (through the adapter, the playground's loading code), the median step time and the peak memory (VmHWM
+minus the RSS after the imports) relative to LoRA r=8, and AdaLoRA's final ranks per layer (run.json's
+adapter_ranks). A claims table then says, from these numbers, whether each claim held here. LoftQ is not run:
+peft's loftq_init needs CUDA.
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ from pathlib import Path
 from bench.common import machine_line, markdown_table, median, scratch_workspace
 
 ALPHA = 16          # one alpha for every arm: r=8 LoRA has scale 2; at r=128 plain LoRA scales by 1/8, rsLoRA by 1.41
-# label -> (method, lora settings beyond r=8 / alpha 16, other config sections)
+# label -> (method, lora settings beyond r=8 / alpha 16, other config sections[, learning rate]); an arm without
+# its own learning rate trains at the shared one (--lr)
 ARMS = {
     "lora": ("lora", {}, {}),
     "dora": ("dora", {}, {}),
@@ -44,14 +47,26 @@ ARMS = {
     "lokr": ("lokr", {}, {}),
     "oft": ("oft", {}, {}),
 }
+# Each method's usual rate, from its paper or peft's own method comparison; these methods train a few vectors or
+# factors whose updates start tiny, and their papers tune them one to two orders above LoRA's rate.
+OWN_LR = {
+    "vera": 1e-2,       # VeRA paper (Kopiczko et al., ICLR 2024) tunes its scaling vectors at 4e-3 to 1e-2
+    "ia3": 3e-3,        # T-Few paper (Liu et al. 2022): IA3 at 3e-3; peft's MetaMathQA comparison uses 5e-3
+    "loha": 3e-3,       # LyCORIS (Yeh et al., ICLR 2024) trains LoHa / LoKr at ~1e-3 to 4e-3
+    "lokr": 3e-3,       # as LoHa; peft's MetaMathQA comparison runs LoKr at 3e-3 (lokr/...-factor4-lr0.003)
+    "adalora": 1e-3,    # AdaLoRA paper (Zhang et al., ICLR 2023): 5e-4 to 1e-3 on GLUE / SQuAD
+}
+ARMS.update({f"{label} @own-lr": (*ARMS[label], OWN_LR[label]) for label in OWN_LR})
 QUICK_ARMS = ("lora", "dora", "pissa", "lora+", "lora r=128", "rslora r=128", "vera", "qlora", "adalora")
 SMOOTH = 5          # steps in the moving average of the train loss
 TARGET_AT = 0.6     # the target loss: LoRA's smoothed loss at this share of its steps
 
 
 def job_config(model: str, arm: str, steps: int, batch: int, lr: float, seed: int = 42):
+    """The arm's job; `lr` is the shared rate, replaced by the arm's own where ARMS gives one."""
     from backend.config import JobConfig
-    method, lora, extra = ARMS[arm]
+    method, lora, extra, *own_lr = ARMS[arm]
+    lr = own_lr[0] if own_lr else lr
     config, problems = JobConfig.parse({
         "model": model, "dataset": "dates-demo", "method": method,
         "lora": {"r": 8, "alpha": ALPHA, "dropout": 0.0, "target_modules": "all-linear", **lora},
@@ -89,7 +104,8 @@ def arm(model: str, label: str, steps: int, batch: int, lr: float, base_accuracy
     elapsed = [r["elapsed_s"] for r in records]
     facts = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     accuracy, base, samples = _accuracy(config, run_dir, base_accuracy)
-    return {"arm": label, "method": config.method, "r": config.lora.r, "trainable": results["trainable_parameters"],
+    return {"arm": label, "method": config.method, "r": config.lora.r, "lr": config.training.learning_rate,
+            "trainable": results["trainable_parameters"],
             "losses": [r["loss"] for r in records], "eval_loss": results.get("final_eval_loss"),
             "step_s": median([b - a for a, b in zip(elapsed, elapsed[1:])]), "train_s": train_s,
             "peak_mib": (peak - baseline) / 1024, "accuracy": accuracy, "base_accuracy": base,
@@ -179,6 +195,16 @@ def verdicts(runs: dict[str, dict], target: float) -> list[list[str]]:
     def fmt(value):
         return "-" if value is None else f"{value:.3f}"
 
+    def ran(method):             # the method's arms that ran: at the shared rate, at its own
+        return [label for label in (method, f"{method} @own-lr") if ok(label)]
+
+    def at_lr(label):            # " at 3e-4" (runs made before the lr was recorded: "")
+        lr = runs[label].get("lr")
+        return "" if lr is None else " at " + f"{lr:.0e}".replace("e-0", "e-")
+
+    def exact_per_lr(labels):
+        return ", ".join(f"{pct(get(label, 'accuracy'))}{at_lr(label)}" for label in labels) or "-"
+
     rows = []
     lora_steps = speed("lora")
 
@@ -210,16 +236,20 @@ def verdicts(runs: dict[str, dict], target: float) -> list[list[str]]:
                  f"eval {fmt(get('rslora r=128', 'eval_loss'))} vs {fmt(get('lora r=128', 'eval_loss'))} "
                  f"(r=8 LoRA {fmt(get('lora', 'eval_loss'))}); exact {pct(get('rslora r=128', 'accuracy'))} vs "
                  f"{pct(get('lora r=128', 'accuracy'))}", better("rslora r=128", "lora r=128")])
-    if ok("vera") and ok("lora"):
-        fewer = get("lora", "trainable") / get("vera", "trainable")
-        vera = (f"{'yes' if fewer >= 10 else 'no'} ({fewer:.0f}x fewer); quality "
-                f"{'kept' if get('vera', 'accuracy') >= get('lora', 'accuracy') - 0.1 else 'lost'}")
+    veras = ran("vera")
+    vera_params = get(veras[0], "trainable") if veras else None
+    if veras and ok("lora"):
+        fewer = get("lora", "trainable") / vera_params
+        vera = (f"{'yes' if fewer >= 10 else 'no'} ({fewer:.0f}x fewer); quality " + ", ".join(
+            f"{'kept' if get(label, 'accuracy') >= get('lora', 'accuracy') - 0.1 else 'lost'}{at_lr(label)}"
+            for label in veras))
     else:
         vera = "not measured"
     rows.append(["VeRA ~10x fewer trainable parameters", "parameters, eval loss, accuracy",
-                 f"{get('vera', 'trainable') or '-'} vs {get('lora', 'trainable') or '-'} params; eval "
-                 f"{fmt(get('vera', 'eval_loss'))} vs {fmt(get('lora', 'eval_loss'))}; exact "
-                 f"{pct(get('vera', 'accuracy'))} vs {pct(get('lora', 'accuracy'))}", vera])
+                 f"{vera_params or '-'} vs {get('lora', 'trainable') or '-'} params; eval "
+                 f"{' / '.join(fmt(get(label, 'eval_loss')) for label in veras) or '-'} vs "
+                 f"{fmt(get('lora', 'eval_loss'))}; exact {exact_per_lr(veras)} vs {pct(get('lora', 'accuracy'))}",
+                 vera])
     if ok("qlora") and ok("lora"):
         gap = 100 * (get("lora", "accuracy") - get("qlora", "accuracy"))
         qlora = f"{'yes' if gap <= 2 else 'no'} ({gap:+.0f} points); LoftQ not run: needs CUDA"
@@ -229,19 +259,21 @@ def verdicts(runs: dict[str, dict], target: float) -> list[list[str]]:
                  "accuracy and eval loss: LoRA vs QLoRA vs QLoRA+LoftQ",
                  f"exact {pct(get('lora', 'accuracy'))} / {pct(get('qlora', 'accuracy'))} / not run (needs CUDA); "
                  f"eval {fmt(get('lora', 'eval_loss'))} / {fmt(get('qlora', 'eval_loss'))} / -", qlora])
-    ranks = get("adalora", "ranks") or {}
+    adaloras = ran("adalora")
+    ranks = (get(adaloras[0], "ranks") or {}) if adaloras else {}      # the shared-rate arm's when both ran
     totals = [sum(modules.values()) for modules in ranks.values()]
     spread = f"per-layer totals {min(totals)}-{max(totals)}" if totals else "no ranks recorded"
-    if ok("adalora") and ok("lora") and not totals:
+    if adaloras and ok("lora") and not totals:
         ada = "not measured (no ranks recorded: too few steps for AdaLoRA to prune)"
-    elif ok("adalora") and ok("lora"):
-        uneven = bool(totals) and max(totals) > min(totals)
-        ada = (f"{'yes' if uneven else 'no'} (ranks {'uneven' if uneven else 'even'}); accuracy "
-               f"{'kept' if get('adalora', 'accuracy') >= get('lora', 'accuracy') else 'lower'}")
+    elif adaloras and ok("lora"):
+        uneven = max(totals) > min(totals)
+        ada = (f"{'yes' if uneven else 'no'} (ranks {'uneven' if uneven else 'even'}); accuracy " + ", ".join(
+            f"{'kept' if get(label, 'accuracy') >= get('lora', 'accuracy') else 'lower'}{at_lr(label)}"
+            for label in adaloras))
     else:
         ada = "not measured"
     rows.append(["AdaLoRA spends rank where it matters", "final rank per layer, accuracy vs LoRA at equal budget",
-                 f"{spread}; exact {pct(get('adalora', 'accuracy'))} vs {pct(get('lora', 'accuracy'))}", ada])
+                 f"{spread}; exact {exact_per_lr(adaloras)} vs {pct(get('lora', 'accuracy'))}", ada])
     return rows
 
 
@@ -271,32 +303,36 @@ def main(steps: int = 40, batch: int = 8, lr: float = 3e-4, model: str = "smollm
     for label in arms:
         run = runs[label]
         if "error" in run:
-            rows.append([label, "failed: " + run["error"].replace("|", "/")] + [""] * 8)
+            rows.append([label, "", "failed: " + run["error"].replace("|", "/")] + [""] * 8)
             continue
         reached = steps_to(run["losses"], target)
-        rows.append([label, f"{run['trainable']:,}", f"{run['trainable'] / lora['trainable']:.3g}",
+        rows.append([label, f"{run['lr']:g}", f"{run['trainable']:,}", 
+                     f"{run['trainable'] / lora['trainable']:.3g}",
                      reached or "not reached", f"{smoothed(run['losses'])[-1]:.3f}",
                      "-" if run["eval_loss"] is None else f"{run['eval_loss']:.3f}", f"{100 * run['accuracy']:.0f} %",
                      f"{run['step_s'] / lora['step_s']:.2f}", f"{run['peak_mib']:.0f}",
                      f"{run['peak_mib'] / lora['peak_mib']:.2f}"])
-    rows.append(["qlora + loftq", "not run: needs CUDA (peft 0.21.2 loftq_init asserts CUDA)"] + [""] * 8)
-    table = markdown_table(["arm", "trainable", "params / lora", f"steps to loss {target:.3g}", "final train loss",
-                            "eval loss", "exact match", "step time / lora", "peak MiB", "peak / lora"], rows)
+    rows.append(["qlora + loftq", "", "not run: needs CUDA (peft 0.21.2 loftq_init asserts CUDA)"] + [""] * 8)
+    table = markdown_table(["arm", "lr", "trainable", "params / lora", f"steps to loss {target:.3g}",
+                            "final train loss", "eval loss", "exact match", "step time / lora", "peak MiB",
+                            "peak / lora"], rows)
     claims = markdown_table(["claim", "measure", "measured here", "held?"], verdicts(runs, target))
-    ada = runs.get("adalora", {})
+    ada = next((runs[label] for label in ("adalora", "adalora @own-lr") if label in runs), {})
     by_layer = sorted((ada.get("ranks") or {}).items(), key=lambda item: [int(t) if t.isdigit() else t
                                                                            for t in item[0].split()])
     ranks = "\n".join(f"- {layer}: " + ", ".join(f"{m} {r}" for m, r in modules.items())
                       for layer, modules in by_layer)
     samples = "; ".join(f"`{s}`" for s in lora.get("samples", []))
+    own_lr = " (@own-lr arms: their method's own, OWN_LR)" if any(len(ARMS[label]) > 3 for label in arms) else ""
     text = "\n".join([
-        f"### Claims on dates-demo ({model}, {steps} steps, batch {batch}, lr {lr:g}, alpha {ALPHA}, seed 42; "
+        f"### Claims on dates-demo ({model}, {steps} steps, batch {batch}, lr {lr:g}{own_lr}, alpha {ALPHA}, seed 42; "
         f"{len(arms)} arms in {total_s / 60:.1f} min)", "", machine_line(), "",
         f"Base model exact match on the 40 held-out dates: {100 * (lora.get('base_accuracy') or 0):.0f} %. "
         f"Target train loss = LoRA r=8's at {TARGET_AT:.0%} of its steps ({target:.3g}), losses smoothed over "
         f"{SMOOTH} steps; about 3 s a step here. LoRA's first answers: {samples}.", "",
         table, "", claims, "",
-        "AdaLoRA's final ranks per layer (init_r 12, target_r 8):" if ranks else "AdaLoRA: no ranks recorded.",
+        f"AdaLoRA's final ranks per layer ({ada.get('arm')}, init_r 12, target_r 8):" if ranks
+        else "AdaLoRA: no ranks recorded.",
         "", ranks, "",
         "One seed, one task, a 135M model on CPU: a claim that does not hold here may hold at scale; "
         "step time and memory are single runs on a shared machine."])
