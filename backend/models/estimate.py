@@ -17,13 +17,16 @@ measures it; bench/RESULTS.md publishes estimate vs measured for LoRA / QLoRA / 
   mask), the MLP's gate / up / silu, each adapted layer's dropout output and mask (a float tensor on CPU, bool on
   CUDA) and lora_A output, in the adapter's dtype; DoRA adds three outputs per adapted layer. Plus the LM head:
   TRL scores tokens in [4096 x 32768] tiles instead of materialising the logits; on CPU the torch fallback of that
-  kernel, its temporaries (forward and backward) and the heap they leave behind measured as 15 tile-sized
-  buffers (LM_HEAD_TILES_CPU = 15). Padding-free under sdpa adds a (tokens x tokens) float mask per layer. Gradient
-  checkpointing keeps one hidden state per layer and recomputes one layer.
+  kernel's temporaries (forward and backward, about 10 tiles, the same for LoRA, IA3 and prompt tuning) and the
+  freed forward memory the heap keeps resident (calibrated on LoRA; less for IA3 / prompt tuning) measured as 15
+  tile-sized buffers (LM_HEAD_TILES_CPU = 15; bench/estimator_phases.py splits them). Padding-free under sdpa
+  adds a (tokens x tokens) float mask per layer. Gradient checkpointing keeps one hidden state per layer and
+  recomputes one layer.
 * overhead: CPU: nothing measurable beyond the terms above (tokenizer, rows and trainer fit in what the imports
   left free), plus the checkpoint pages that stay memory-mapped (in RSS, reclaimable) once QLoRA has quantized
   the weights or PiSSA has written its residual weights;
-* GaLore: the target layers' own weights train, so the adapter term is their full-size gradients and the optimizer
+* GaLore: the target layers' own weights train, so the adapter term is their full-size gradients (not live at the
+  activations' peak, but their memory stays resident in the heap from the step before) and the optimizer
   term AdamW's two states at galore.rank (rank x the larger side) plus the projection (rank x the smaller side);
   the activations keep each trained layer's input instead of LoRA branches (counted from the layer, not measured);
   GPU: the CUDA context and the caching allocator's reserve.
@@ -48,7 +51,9 @@ GPU_OVERHEAD = 0.5 * GIB        # CUDA context + caching-allocator reserve
 CPU_OVERHEAD = 0.0              # measured: tokenizer, rows and trainer fit in what the imports left free
 NF4_BYTES = 0.5 + 4 / 64        # 4-bit weights + one fp32 absmax per block of 64
 LM_HEAD_TOKENS, LM_HEAD_VOCAB = 4096, 32768   # TRL's fused LM head tile (trl.kernels.chunked_logprob)
-LM_HEAD_TILES_CPU = 15          # measured: torch fallback tiles + their temporaries, forward and backward, + heap
+# measured: ~10 tiles are the torch fallback's own temporaries (forward and backward, the same for LoRA, IA3 and prompt
+# tuning); the rest is freed forward memory the heap keeps resident, calibrated on LoRA (more than IA3 / prompt tuning)
+LM_HEAD_TILES_CPU = 15
 EIGHT_BIT_BYTES = 2 * (1 + 4 / 256)   # 8-bit AdamW: two uint8 states + an fp32 absmax per block of 256, each
 MIN_8BIT_SIZE = 4096            # bitsandbytes keeps fp32 states for tensors with fewer elements
 LM_HEAD_TILES_GPU = 2           # Triton kernels: the tile buffer, forward and backward
@@ -279,7 +284,10 @@ def estimate(config, model_path: str | None = None, parameters: int = 0, cuda: b
     adapter_bytes = 2 if quantized else 4
     adapter = (n_adapter * adapter_bytes + n_magnitude * 4) * 2       # weights + gradients
     if galore_state:
-        adapter = n_adapter * act_bytes                # GaLore: gradients only, the weights are the base's own
+        # GaLore: gradients only, the weights are the base's own. They are None at the backward pass's start (the
+        # activations' peak), but measured (bench/RESULTS.md) they still count: the heap keeps the memory of the last
+        # step's gradients resident after the Trainer frees them (malloc_trim releases such freed memory)
+        adapter = n_adapter * act_bytes
         optimizer = galore_state * act_bytes           # states in the parameters' dtype
     elif config.training.optim == "adamw":
         optimizer = (n_adapter * adapter_bytes + n_magnitude * 4) * 2     # AdamW: two states of the parameter's dtype
