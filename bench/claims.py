@@ -11,8 +11,9 @@ to reach a target train loss (LoRA's loss at 60% of its steps; losses smoothed o
 on the harness's own held-out split, exact-match accuracy of greedy answers on 40 held-out dates that no training
 row has (through the adapter, the playground's loading code), the median step time and the peak memory (VmHWM
 minus the RSS after the imports) relative to LoRA r=8, and AdaLoRA's final ranks per layer (run.json's
-adapter_ranks). A claims table then says, from these numbers, whether each claim held here. LoftQ is not run:
-peft's loftq_init needs CUDA.
+adapter_ranks). A claims table then says, from these numbers, whether each claim held here. "qlora + loftq" is the
+studio's own LoftQ (backend/models/loftq.py: peft's loftq_init needs CUDA), one round, scored like every arm: its
+adapter is converted at save and answers on the full-precision base.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ ARMS = {
     "loha": ("loha", {}, {}),
     "lokr": ("lokr", {}, {}),
     "oft": ("oft", {}, {}),
+    "qlora + loftq": ("loftq", {}, {}),
 }
 # Each method's usual rate, from its paper or peft's own method comparison; these methods train a few vectors or
 # factors whose updates start tiny, and their papers tune them one to two orders above LoRA's rate.
@@ -252,13 +254,21 @@ def verdicts(runs: dict[str, dict], target: float) -> list[list[str]]:
                  vera])
     if ok("qlora") and ok("lora"):
         gap = 100 * (get("lora", "accuracy") - get("qlora", "accuracy"))
-        qlora = f"{'yes' if gap <= 2 else 'no'} ({gap:+.0f} points); LoftQ not run: needs CUDA"
+        qlora = f"{'yes' if gap <= 2 else 'no'} ({gap:+.0f} points)"
+        if ok("qlora + loftq"):
+            loftq_gap = 100 * (get("lora", "accuracy") - get("qlora + loftq", "accuracy"))
+            narrower = loftq_gap < gap or (loftq_gap == gap and (get("qlora + loftq", "eval_loss") or 0)
+                                           < (get("qlora", "eval_loss") or 0))
+            qlora += (f"; LoftQ {'narrows' if narrower else 'does not narrow'} it ({loftq_gap:+.0f} points)")
+        else:
+            qlora += "; LoftQ not measured"
     else:
-        qlora = "not measured; LoftQ not run: needs CUDA"
+        qlora = "not measured"
     rows.append(["QLoRA within 1-2 points of LoRA; LoftQ narrows the gap",
                  "accuracy and eval loss: LoRA vs QLoRA vs QLoRA+LoftQ",
-                 f"exact {pct(get('lora', 'accuracy'))} / {pct(get('qlora', 'accuracy'))} / not run (needs CUDA); "
-                 f"eval {fmt(get('lora', 'eval_loss'))} / {fmt(get('qlora', 'eval_loss'))} / -", qlora])
+                 f"exact {pct(get('lora', 'accuracy'))} / {pct(get('qlora', 'accuracy'))} / "
+                 f"{pct(get('qlora + loftq', 'accuracy'))}; eval {fmt(get('lora', 'eval_loss'))} / "
+                 f"{fmt(get('qlora', 'eval_loss'))} / {fmt(get('qlora + loftq', 'eval_loss'))}", qlora])
     adaloras = ran("adalora")
     ranks = (get(adaloras[0], "ranks") or {}) if adaloras else {}      # the shared-rate arm's when both ran
     totals = [sum(modules.values()) for modules in ranks.values()]
@@ -312,7 +322,6 @@ def main(steps: int = 40, batch: int = 8, lr: float = 3e-4, model: str = "smollm
                      "-" if run["eval_loss"] is None else f"{run['eval_loss']:.3f}", f"{100 * run['accuracy']:.0f} %",
                      f"{run['step_s'] / lora['step_s']:.2f}", f"{run['peak_mib']:.0f}",
                      f"{run['peak_mib'] / lora['peak_mib']:.2f}"])
-    rows.append(["qlora + loftq", "", "not run: needs CUDA (peft 0.21.2 loftq_init asserts CUDA)"] + [""] * 8)
     table = markdown_table(["arm", "lr", "trainable", "params / lora", f"steps to loss {target:.3g}",
                             "final train loss", "eval loss", "exact match", "step time / lora", "peak MiB",
                             "peak / lora"], rows)
