@@ -54,6 +54,10 @@ def adapter_source(job_id: str) -> AdapterSource:
     if (final / "adapter_config.json").is_file():
         return AdapterSource(job.id, final, "final adapter", job.config, job.status)
     checkpoint = latest_complete_checkpoint(job.run_dir / "checkpoints", remove_torn=False)
+    if checkpoint is not None and methods.spec(job.config.method).trains_base:
+        raise AdapterError(f"job {job.id} has only {checkpoint.name}; {methods.spec(job.config.method).label} "
+                           "checkpoints are whole models, turned into a LoRA adapter when the job finishes: wait for "
+                           "it to complete")
     if checkpoint is not None and (checkpoint / "adapter_config.json").is_file():
         if methods.spec(job.config.method).converts_at_save:
             raise AdapterError(f"job {job.id} has only {checkpoint.name}; "

@@ -62,11 +62,22 @@ def prepare(model, config: JobConfig):
 
 def optimizer_args(model, config: JobConfig) -> dict:
     """TrainingArguments for GaLore AdamW on exactly the target layers (one anchored regex of their full names)."""
+    allow_projector_state()
     settings = config.galore
     pattern = "(" + "|".join(re.escape(name) for name in target_names(model, config)) + ")"
     return {"optim": OPTIMIZER, "optim_target_modules": pattern,
             "optim_args": f"rank={settings.rank}, update_proj_gap={settings.update_proj_gap}, "
                           f"scale={settings.scale}, proj_type=std"}
+
+
+def allow_projector_state() -> None:
+    """Let a resumed job read its checkpoint's optimizer state: GaLore AdamW keeps a GaLoreProjector object (rank,
+    scale, the projection matrix) per layer, and the trainer loads optimizer.pt with torch.load(weights_only=True),
+    which refuses any class not allowlisted. Only that plain data class is added; the weights stay safetensors."""
+    import torch
+    from galore_torch.galore_projector import GaLoreProjector
+
+    torch.serialization.add_safe_globals([GaLoreProjector])
 
 
 def lora_factors(delta, rank: int):

@@ -152,3 +152,20 @@ def test_mix_is_one_text_box_of_datasets_and_shares():
     assert problems == ["mix: expected datasets with their shares, e.g. {replay: 0.1} for 10 % of the training rows"]
     values["mix"] = ""
     assert train_tab.form_to_config_dict(list(values.values()))["mix"] == {}
+
+
+def test_every_method_starts_from_the_form_with_its_estimate_and_command(bundled_model_dir, workspace):
+    """Picking each method in the Train tab's form gives a valid job: no problems, a memory estimate, the equivalent
+    command names the method, and Start queues it (the training itself: bench/sweep.py and the stage tests)."""
+    from backend.models import methods
+
+    index = train_tab.FIELD_PATHS.index("method")
+    for method in methods.METHODS:
+        values = train_tab.config_dict_to_form(train_tab.load_preset("quickstart"))
+        values[index] = str(method)
+        data = train_tab.form_to_config_dict(values)
+        _, command, estimate = train_tab.previews(data, "quickstart")
+        named = method == "lora" or f"method={method}" in command      # the command lists changes to the preset
+        assert named and "Memory estimate:" in estimate and "unavailable" not in estimate, (method, command, estimate)
+        job_id, errors = train_tab.start_job(data)
+        assert errors == [] and jobs.get(job_id).config.method == method, (method, errors)

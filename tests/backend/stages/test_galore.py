@@ -5,6 +5,7 @@ reconstruction error, and what galore cannot do is refused by the config in one 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from transformers import TrainerCallback
 
 from backend import stages
 from backend.config import JobConfig
+from backend.metrics import read_records as read_metrics
 from backend.models import methods
 from backend.stages import galore
 from tests.backend.stages.model_probe import probes
@@ -175,3 +177,34 @@ def test_the_estimate_counts_full_gradients_and_low_rank_state_as_galore_keeps_t
     lora = estimate.estimate(JobConfig.from_dict({"lora": {"r": 4}}), model_path=str(tiny_model_dir))
     assert est.optimizer < est.adapter_params * 8 and est.adapter > lora.adapter
     assert any("galore" in note for note in est.notes)
+
+
+def test_a_galore_job_resumes_from_its_checkpoint(tiny_model, workspace):
+    """A GaLore checkpoint is the whole model plus GaLore AdamW's state (a projector object per layer), which the
+    trainer reads with torch.load(weights_only=True): resuming loads both and trains on."""
+    import dataclasses
+
+    first = tiny_config(tiny_model, steps=2)
+    first = dataclasses.replace(first, training=dataclasses.replace(first.training, save_steps=2))
+    results, run_dir = train(first, workspace, "job-galore-resume")
+    assert results["steps"] == 2 and (run_dir / "checkpoints" / "checkpoint-2" / "COMPLETE").exists()
+    longer = dataclasses.replace(first, training=dataclasses.replace(first.training, max_steps=4))
+    resumed = stages.train(longer, run_dir, job_id="job-galore-resume")
+    assert resumed["steps"] == 4 and (run_dir / "adapter" / "adapter_config.json").is_file()
+    records = [r["step"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+    assert records == [1, 2, 3, 4]       # steps 3 and 4 came from the resumed run, 1 and 2 were kept
+
+
+def test_an_unfinished_galore_job_says_why_its_checkpoint_does_not_play(tiny_model, workspace):
+    import dataclasses
+
+    from backend import jobs
+    from backend.models import adapters
+
+    config = tiny_config(tiny_model, steps=2)
+    config = dataclasses.replace(config, training=dataclasses.replace(config.training, save_steps=2))
+    job = jobs.create(config)
+    stages.train(config, job.run_dir, job_id=job.id)
+    shutil.rmtree(job.run_dir / "adapter")          # as if the job were stopped after its checkpoint
+    with pytest.raises(adapters.AdapterError, match="checkpoints are whole models"):
+        adapters.adapter_source(job.id)
