@@ -144,13 +144,6 @@ class GaLoreSettings:
 
 
 @dataclass(frozen=True)
-class LoftQSettings:
-    iterations: int = _f(1, "LoftQ: rounds of quantising the base to 4 bits and fitting the adapter to what the "
-                         "rounding lost (one SVD per layer each); 1 already removes most of QLoRA's starting error, "
-                         "more rounds (up to about 5) shave a little more and take longer to start.", min=1, max=20)
-
-
-@dataclass(frozen=True)
 class ResourceSettings:
     gpus: int = _f(1, "GPUs for this job; more than 1 trains data-parallel (DDP) with one process per GPU "
                    "(on a CPU-only machine: that many CPU processes).", min=1, max=64)
@@ -177,9 +170,10 @@ class JobConfig:
                      "training rows' activations vary most and moves rank between layers; runs the base on "
                      "lora.calibration_rows rows first; the model starts unchanged), corda (decomposes each weight "
                      "against those activations, so the adapter starts on the task's directions; like olora the "
-                     "saved adapter is a plain LoRA of twice the rank), loftq (qlora whose adapter starts by cancelling "
-                     "the 4-bit rounding error, loftq.iterations rounds: closes part of QLoRA's quality gap at "
-                     "QLoRA's memory; saved as a plain LoRA of twice the rank for the full-precision base), prompt_tuning (prompt_tuning.virtual_tokens learned "
+                     "saved adapter is a plain LoRA of twice the rank), loftq (qlora whose adapter starts as the best "
+                     "rank-r fit of the 4-bit rounding error, so training starts from a model closer to the "
+                     "original: QLoRA's memory, part of its quality gap closed; afterwards a QLoRA adapter in every "
+                     "way), prompt_tuning (prompt_tuning.virtual_tokens learned "
                      "embeddings put before every input: the fewest parameters and no change to any weight, but it "
                      "learns less than LoRA, cannot be merged into the model (adapter export only) and uses "
                      "virtual_tokens of the context), or galore (no adapter during training: the base's target "
@@ -203,7 +197,6 @@ class JobConfig:
     adalora: AdaLoraSettings = field(default_factory=AdaLoraSettings)
     prompt_tuning: PromptTuningSettings = field(default_factory=PromptTuningSettings)
     galore: GaLoreSettings = field(default_factory=GaLoreSettings)
-    loftq: LoftQSettings = field(default_factory=LoftQSettings)
     resources: ResourceSettings = field(default_factory=ResourceSettings)
     init_adapter: typing.Optional[str] = _f(None, "A finished job id: start this stage from that job's adapter.")
 
@@ -260,7 +253,7 @@ class JobConfig:
         for prefix, section in (("", self), ("lora.", self.lora), ("training.", self.training),
                                 ("alignment.", self.alignment), ("resources.", self.resources),
                                 ("prompt_tuning.", self.prompt_tuning), ("galore.", self.galore),
-                                ("adalora.", self.adalora), ("loftq.", self.loftq)):
+                                ("adalora.", self.adalora)):
             for spec in dataclasses.fields(section):
                 value = getattr(section, spec.name)
                 if spec.metadata.get("internal") or dataclasses.is_dataclass(value):

@@ -12,8 +12,7 @@ on the harness's own held-out split, exact-match accuracy of greedy answers on 4
 row has (through the adapter, the playground's loading code), the median step time and the peak memory (VmHWM
 minus the RSS after the imports) relative to LoRA r=8, and AdaLoRA's final ranks per layer (run.json's
 adapter_ranks). A claims table then says, from these numbers, whether each claim held here. "qlora + loftq" is the
-studio's own LoftQ (backend/models/loftq.py: peft's loftq_init needs CUDA), one round, scored like every arm: its
-adapter is converted at save and answers on the full-precision base.
+studio's own LoftQ (backend/models/loftq.py: peft's loftq_init needs CUDA), scored like QLoRA: on its 4-bit base.
 """
 from __future__ import annotations
 

@@ -40,7 +40,6 @@ SECTIONS = {
     "Prompt tuning (method prompt_tuning)": ["prompt_tuning.virtual_tokens", "prompt_tuning.init",
                                              "prompt_tuning.init_text"],
     "GaLore (method galore)": ["galore.rank", "galore.update_proj_gap", "galore.scale", "galore.save_rank"],
-    "LoftQ (method loftq)": ["loftq.iterations"],
     "Resources": ["resources.gpus"],
 }
 FIELD_PATHS = [p for paths in SECTIONS.values() for p in paths]

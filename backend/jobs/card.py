@@ -206,13 +206,12 @@ def _galore_text(results: dict) -> str:
 
 
 def _loftq_text(results: dict) -> str:
-    """LoftQ changed the 4-bit base at the start: how much of the rounding error the initial adapter took away."""
+    """LoftQ's start: how much of the 4-bit rounding error the initial adapter took away."""
     if "loftq_error_loftq" not in results:
         return ""
-    return (f"Started with LoftQ ({results['loftq_iterations']} iteration(s) over {results['loftq_layers']} layers): "
-            f"the 4-bit base's mean relative weight error {results['loftq_error_qlora']:.4f} (plain QLoRA's start) "
-            f"became {results['loftq_error_loftq']:.4f} with the initial adapter. The adapter was converted at save "
-            "into a plain LoRA for the original full-precision weights.\n\n")
+    return (f"Started with LoftQ over {results['loftq_layers']} layers: the 4-bit base's mean relative weight error "
+            f"{results['loftq_error_qlora']:.4f} (plain QLoRA's start) became {results['loftq_error_loftq']:.4f} with "
+            "the initial adapter. The base is the plain 4-bit load, so the adapter plays on it as it trained.\n\n")
 
 
 def write_run(run_dir: Path, **facts_of) -> dict:

@@ -37,7 +37,7 @@ class AdapterSource:
 
     @property
     def four_bit(self) -> bool:
-        return methods.spec(self.config.method).plays_four_bit
+        return methods.spec(self.config.method).four_bit
 
     @property
     def final(self) -> bool:

@@ -1,22 +1,22 @@
 """LoftQ: a QLoRA adapter that starts by cancelling the 4-bit quantisation error (Li et al., 2023).
 
 QLoRA starts from Q(W), the NF4-rounded weights, with a zero adapter: the model starts off by the rounding error.
-LoftQ alternates, per target layer, `iterations` times:
-    Q  = NF4(W - B A)             the base layer holds what the adapter does not
-    BA = best rank-r fit of W - Q   (SVD) the adapter holds the largest part of the rounding error
-so base + adapter starts close to W. After one round Q is plain QLoRA's base and BA its error's top-r part; more
-rounds trade a little of the base's fit for a better sum.
+LoftQ starts the adapter at the best rank-r fit of that error (an SVD of W - Q(W) per target layer, W read from
+the model's own safetensors), so base + adapter starts close to W. The 4-bit base stays exactly what loading the
+model in 4 bits gives, so the saved adapter is a plain QLoRA adapter: it plays on the 4-bit base exactly as it
+trained, and merges into the de-quantised base like any QLoRA job's.
 
-Why by hand: peft 0.21's two LoftQ paths (`LoftQConfig` + init_lora_weights="loftq", and
-`replace_lora_weights_loftq`) compute on "cuda" unconditionally (loftq_utils.py: compute_device = "cuda",
-AssertionError "Torch not compiled with CUDA enabled" on this machine). This is the same algorithm on whatever
-device the layer is on, with bitsandbytes' own NF4 quantiser (the same settings the layer was quantised with, so
-Q is exactly what the 4-bit layer computes with) and torch's SVD.
+One round only, on purpose. LoftQ's further rounds re-quantise W minus the adapter, i.e. they change the 4-bit base
+itself, which a plain 4-bit load of the original model cannot reproduce: the adapter would then need converting
+for the float base (as PiSSA's is), and measured on dates-demo that lost the gain (the same trained adapter scored
+72.5 % exact match converted on the float base, 87.5 % on its own 4-bit base). peft's CPU-free path
+(`replace_lora_weights_loftq`) is one round for the same reason.
 
-The adapter's scaling (alpha / r) is divided out, so scaling x B A is the fit (peft's path assumes alpha = r).
-Because the base layers change, the job saves its initial adapter and converts the final one at save against it
-(methods.converts_at_save, as PiSSA): the saved adapter is a plain LoRA of twice the rank for the ORIGINAL,
-full-precision weights W, which the playground, merge and exports load.
+Why by hand: both of peft 0.21's LoftQ paths compute on "cuda" unconditionally (loftq_utils.py: compute_device =
+"cuda"; AssertionError "Torch not compiled with CUDA enabled" on this machine). This is the same computation as
+`replace_lora_weights_loftq` on whatever device the layer is on, with bitsandbytes' own de-quantiser (the layer's
+own quant state, so Q is exactly what the 4-bit layer computes with) and torch's SVD. The adapter's scaling
+(alpha / r) is divided out, so scaling x B A is the fit (peft's path assumes alpha = r).
 """
 from __future__ import annotations
 
@@ -53,40 +53,25 @@ def original_weights(model_dir: Path):
     return load
 
 
-def _nf4_round_trip(weight, layer_weight):
-    """Quantise `weight` as the 4-bit layer's own weight was (block size, double quant, storage) and dequantise."""
+def fit_layer(weight, layer_weight, rank: int, scaling: float):
+    """LoftQ on one 4-bit layer: (A, B, error before, error after), with scaling x B A the best rank-r fit of the
+    rounding error W - Q. Errors are relative Frobenius norms: ||W - Q|| / ||W|| (plain QLoRA's start) and
+    ||W - (Q + scaling B A)|| / ||W||."""
     import bitsandbytes.functional as bnbf
-
-    state = layer_weight.quant_state
-    packed, new_state = bnbf.quantize_4bit(weight, blocksize=state.blocksize, compress_statistics=bool(state.nested),
-                                           quant_type=state.quant_type, quant_storage=layer_weight.quant_storage)
-    return packed, new_state, bnbf.dequantize_4bit(packed, new_state)
-
-
-def fit_layer(weight, layer_weight, rank: int, scaling: float, iterations: int):
-    """LoftQ on one weight matrix: (packed 4-bit data, its quant state, A, B, error before, error after).
-
-    Errors are relative Frobenius norms ||W - (Q + scaling B A)|| / ||W||; "before" is plain QLoRA's ||W - Q(W)||."""
     import torch
 
     weight = weight.to(torch.float32)
+    rounded = bnbf.dequantize_4bit(layer_weight.data, layer_weight.quant_state).to(torch.float32)
+    residual = weight - rounded
+    U, S, Vh = torch.linalg.svd(residual, full_matrices=False)
+    root = S[:rank].sqrt() / scaling ** 0.5
+    B, A = U[:, :rank] * root, root[:, None] * Vh[:rank]
     norm = weight.norm()
-    target, before = weight, None
-    for _ in range(iterations):
-        packed, state, rounded = _nf4_round_trip(target, layer_weight)
-        residual = weight - rounded
-        if before is None:
-            before = (residual.norm() / norm).item()
-        U, S, Vh = torch.linalg.svd(residual, full_matrices=False)
-        root = S[:rank].sqrt() / scaling ** 0.5
-        B, A = U[:, :rank] * root, root[:, None] * Vh[:rank]
-        target = weight - scaling * (B @ A)
-    after = ((residual - scaling * (B @ A)).norm() / norm).item()
-    return packed, state, A, B, before, after
+    return A, B, (residual.norm() / norm).item(), ((residual - scaling * (B @ A)).norm() / norm).item()
 
 
 def initialise(model, config) -> dict:
-    """Rewrites every 4-bit LoRA layer of a fresh QLoRA peft model with LoftQ: its base data and its adapter.
+    """Starts every 4-bit LoRA layer's adapter of a fresh QLoRA peft model at its LoftQ fit (the base is untouched).
 
     Returns {"layers", "error_qlora", "error_loftq"}: the mean relative error of the starting weights without and
     with the adapter, for the log, run.json and the card."""
@@ -96,7 +81,6 @@ def initialise(model, config) -> dict:
     from backend import models
 
     load = original_weights(Path(models.resolve(config.model).path))
-    iterations = config.loftq.iterations
     before, after = [], []
     with torch.no_grad():
         for name, module in model.named_modules():
@@ -104,19 +88,16 @@ def initialise(model, config) -> dict:
                 continue
             key = name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name
             layer_weight = module.get_base_layer().weight
-            packed, state, A, B, error_q, error_l = fit_layer(
-                load(key + ".weight").to(layer_weight.device), layer_weight, module.r["default"],
-                module.scaling["default"], iterations)
-            layer_weight.data = packed
-            layer_weight.quant_state = state
+            A, B, error_q, error_l = fit_layer(load(key + ".weight").to(layer_weight.device), layer_weight,
+                                               module.r["default"], module.scaling["default"])
             module.lora_A["default"].weight.data = A.to(module.lora_A["default"].weight.dtype)
             module.lora_B["default"].weight.data = B.to(module.lora_B["default"].weight.dtype)
             before.append(error_q)
             after.append(error_l)
     if not before:
         raise ValueError("loftq: the model has no 4-bit LoRA layers to initialise (is the base loaded in 4-bit?)")
-    facts = {"layers": len(before), "iterations": iterations,
-             "error_qlora": round(sum(before) / len(before), 5), "error_loftq": round(sum(after) / len(after), 5)}
-    log.info("LoftQ init: %d layers, %d iteration(s): mean relative weight error %.4f (QLoRA) -> %.4f (LoftQ)",
-             facts["layers"], iterations, facts["error_qlora"], facts["error_loftq"])
+    facts = {"layers": len(before), "error_qlora": round(sum(before) / len(before), 5),
+             "error_loftq": round(sum(after) / len(after), 5)}
+    log.info("LoftQ init: %d layers: mean relative weight error %.4f (QLoRA's start) -> %.4f with the adapter",
+             facts["layers"], facts["error_qlora"], facts["error_loftq"])
     return facts

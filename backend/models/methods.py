@@ -10,9 +10,8 @@ eva    data-driven: A from the singular vectors of each layer's inputs on lora.c
        B = 0 (the model starts unchanged); peft moves rank to the layers whose inputs vary most (rank_pattern).
 corda  data-driven: each weight decomposed against the covariance of its inputs on the calibration rows (IPM:
        the task's directions); residual base, converted back at save.
-loftq  QLoRA whose adapter starts as the top of the 4-bit rounding error (loftq.iterations rounds of quantise /
-       SVD, backend/models/loftq.py); the base layers change, so the adapter is converted back at save and plays,
-       merges and exports on the original full-precision weights.
+loftq  QLoRA whose adapter starts as the best rank-r fit of the 4-bit rounding error (backend/models/loftq.py); the
+       4-bit base is untouched, so afterwards it is a QLoRA adapter in every way.
 Toggles: rslora (alpha / sqrt(r) scaling), loraplus_ratio (LoRA+ optimizer: B learns ratio x faster).
 The rest of peft's family, each its own config class (peft_type): vera (one pair of frozen random matrices
 shared by every layer, only scaling vectors trained; lora.r is the shared projection rank), ia3 (learned
@@ -230,14 +229,13 @@ class MethodSpec:
                                                 # a data-driven init that runs the base on some training rows first
     trains_base: bool = False            # no peft model while training: the base's own layers train (GaLore); the
                                          # saved adapter (peft_type) is derived from their change at save
-    init_weights: Callable | None = None  # (new peft model, config) -> facts for run.json: rewrites the fresh
-                                          # adapter (and base layers) before training (LoftQ)
+    init_weights: Callable | None = None  # (new peft model, config) -> facts for run.json: sets the fresh
+                                          # adapter's weights before training (LoftQ); it then starts as no no-op
 
     @property
-    def plays_four_bit(self) -> bool:
-        """The saved adapter belongs on a 4-bit base. Not when it was converted at save (LoftQ): it is then a plain
-        LoRA for the original full-precision weights."""
-        return self.four_bit and not self.converts_at_save
+    def adapter_starts_as_noop(self) -> bool:
+        """A new adapter leaves the model unchanged (B = 0), so the base alone is the starting model."""
+        return not self.converts_at_save and self.init_weights is None
 
 
 METHODS: dict[Method, MethodSpec] = {spec.method: spec for spec in (
@@ -256,7 +254,7 @@ METHODS: dict[Method, MethodSpec] = {spec.method: spec for spec in (
     MethodSpec(Method.OLORA, "OLoRA", init_lora_weights="olora", converts_at_save=True),
     MethodSpec(Method.EVA, "EVA", init_lora_weights="eva", init_from_data=eva_init),
     MethodSpec(Method.CORDA, "CorDA", init_lora_weights="corda", converts_at_save=True, init_from_data=corda_init),
-    MethodSpec(Method.LOFTQ, "LoftQ (QLoRA with a quantisation-aware start)", four_bit=True, converts_at_save=True,
+    MethodSpec(Method.LOFTQ, "LoftQ (QLoRA with a quantisation-aware start)", four_bit=True,
                init_weights=_loftq_init),
     MethodSpec(Method.PROMPT_TUNING, "Prompt tuning", mergeable=False, build_peft_config=build_prompt_tuning,
                peft_type="PROMPT_TUNING",

@@ -36,7 +36,7 @@ def load_peft_model(config: JobConfig, run_dir: Path, dtype, tokenizer=None, tra
     itself, with only its target layers trainable).
 
     Returns (model, model_info, initial_dir, init_facts): for a method that changes the base at init (PiSSA, OLoRA,
-    CorDA, LoftQ) the initial adapter is saved so the final one can be converted to a plain LoRA relative to the
+    CorDA) the initial adapter is saved so the final one can be converted to a plain LoRA relative to the
     untouched base. A data-driven init (EVA, CorDA) first runs the base on the first lora.calibration_rows training
     rows; a method's own init (LoftQ) rewrites the new adapter and reports facts for run.json (init_facts).
     """
@@ -245,13 +245,13 @@ def choose_reference(model, config: JobConfig) -> str:
     - A chained job (init_adapter) keeps "ref", a frozen copy of the starting adapter: the reference is base +
       SFT adapter, as the DPO recipe requires, over the same base weights.
     - PiSSA, OLoRA and CorDA keep "ref" too: their base holds the residual, so only base + initial adapter is the
-      original model.
+      original model; LoftQ's too: its initial adapter cancels part of the 4-bit rounding error.
     """
     if "ref" not in model.peft_config:
         return "base model (adapter disabled)"
     if config.init_adapter:
         return f"base + adapter of job {config.init_adapter} (frozen copy)"
-    if methods.spec(config.method).converts_at_save:
+    if not methods.spec(config.method).adapter_starts_as_noop:
         return f"base + initial {methods.spec(config.method).label} adapter (frozen copy)"
     model.delete_adapter("ref")
     return "base model (adapter disabled)"

@@ -1,5 +1,5 @@
-"""LoftQ (issue 21): the adapter starts by cancelling the 4-bit rounding error, on CPU, and the saved adapter is a
-plain LoRA for the original full-precision weights."""
+"""LoftQ (issue 21): the adapter starts by cancelling the 4-bit rounding error, on CPU; the base stays the plain
+4-bit load, so the saved adapter plays on it exactly as it trained, and merges into the de-quantised base."""
 from __future__ import annotations
 
 import json
@@ -12,6 +12,8 @@ from backend.config import JobConfig
 from backend.models import loftq
 from tests.backend.stages.test_sft_methods import probe_logits, snapshot, tiny_config
 
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0}   # rank 16 of the tiny model's 64 (see below)
+
 
 def _four_bit_weight(weight):
     import bitsandbytes as bnb
@@ -19,23 +21,19 @@ def _four_bit_weight(weight):
                              compress_statistics=True)._quantize("cpu")
 
 
-def test_fit_layer_takes_away_most_of_the_rounding_error_and_more_rounds_do_not_undo_it():
+def test_fit_layer_takes_away_the_top_of_the_rounding_error():
     torch.manual_seed(0)
     weight = torch.randn(96, 128) @ torch.diag(torch.linspace(2, 0.1, 128))   # a spectrum, as trained weights have
     layer_weight = _four_bit_weight(weight)
-    errors = {}
-    for rounds in (1, 3):
-        packed, state, A, B, before, after = loftq.fit_layer(weight, layer_weight, rank=16, scaling=2.0,
-                                                             iterations=rounds)
-        rebuilt = bnbf.dequantize_4bit(packed, state) + 2.0 * (B @ A)
-        # the reported error is the one of base + scaling x B A, measured here independently
-        assert after == pytest.approx(((weight - rebuilt).norm() / weight.norm()).item(), rel=1e-4)
-        errors[rounds] = (before, after)
-    plain = (weight - bnbf.dequantize_4bit(*bnbf.quantize_4bit(weight, blocksize=64, compress_statistics=True,
-                                                                 quant_type="nf4"))).norm() / weight.norm()
-    assert errors[1][0] == pytest.approx(plain.item(), rel=1e-4)      # "before" is plain QLoRA's start
-    assert errors[1][1] < 0.9 * errors[1][0]
-    assert errors[3][1] <= errors[1][1] * 1.001
+    A, B, before, after = loftq.fit_layer(weight, layer_weight, rank=16, scaling=2.0)
+    rounded = bnbf.dequantize_4bit(layer_weight.data, layer_weight.quant_state)
+    # both reported errors, measured here independently; the layer's own 4-bit data is left as it was
+    assert before == pytest.approx(((weight - rounded).norm() / weight.norm()).item(), rel=1e-4)
+    assert after == pytest.approx(((weight - rounded - 2.0 * (B @ A)).norm() / weight.norm()).item(), rel=1e-4)
+    assert after < 0.9 * before
+    # the best rank-16 fit: no other rank-16 matrix does better (checked against a truncated, perturbed one)
+    worse = (weight - rounded - 2.0 * ((B + 0.01 * torch.randn_like(B)) @ A)).norm() / weight.norm()
+    assert after < worse.item()
 
 
 def _loaded(config, run_dir):
@@ -48,30 +46,27 @@ def test_loftq_model_starts_closer_to_the_full_precision_model_than_qlora(tiny_m
                                                                           tmp_path):
     from backend import models
 
-    full = models.load_model(tiny_model, dtype=torch.float32)
-    reference = probe_logits(full, smol_tokenizer)
-    # rank 16 of the tiny model's 64: the rounding error is noise-like (a flat spectrum), so the share a rank-r
-    # adapter can cancel grows with r / width; at r=4 of 64 it is only ~7 % of the logit gap
-    lora = {"r": 16, "alpha": 32}
-    qlora, _, _ = _loaded(tiny_config(tiny_model, method="qlora", lora=lora), tmp_path / "q")
-    lofted, initial_dir, facts = _loaded(tiny_config(tiny_model, method="loftq", loftq={"iterations": 2}, lora=lora),
-                                         tmp_path / "l")
+    reference = probe_logits(models.load_model(tiny_model, dtype=torch.float32), smol_tokenizer)
+    # the rounding error is noise-like (a flat spectrum), so the share a rank-r adapter can cancel grows with
+    # r / width: at r=4 of 64 it is only ~7 % of the logit gap, at 16 of 64 about a quarter
+    qlora, _, _ = _loaded(tiny_config(tiny_model, method="qlora", lora=LORA), tmp_path / "q")
+    lofted, initial_dir, facts = _loaded(tiny_config(tiny_model, method="loftq", lora=LORA), tmp_path / "l")
     gap_qlora = (probe_logits(qlora, smol_tokenizer) - reference).abs().mean().item()
     gap_loftq = (probe_logits(lofted, smol_tokenizer) - reference).abs().mean().item()
-    print("logit gap to the float model: qlora", gap_qlora, "loftq", gap_loftq, facts)
-    assert gap_loftq < 0.8 * gap_qlora, (gap_loftq, gap_qlora)
-    assert facts["loftq_layers"] == 14 and facts["loftq_iterations"] == 2       # 2 layers x 7 linear targets
+    assert gap_loftq < 0.85 * gap_qlora, (gap_loftq, gap_qlora)
+    assert facts["loftq_layers"] == 14                      # 2 layers x 7 linear targets
     assert facts["loftq_error_loftq"] < facts["loftq_error_qlora"]
-    assert (initial_dir / "adapter_config.json").is_file()       # kept to convert the final adapter at save
+    assert initial_dir is None                               # nothing to convert: the base is the plain 4-bit load
+    with lofted.disable_adapter():                           # ... bit for bit the same as QLoRA's
+        assert torch.equal(probe_logits(lofted, smol_tokenizer), probe_logits(qlora, smol_tokenizer))
 
 
-def test_loftq_trains_saves_a_plain_lora_for_the_full_precision_base(tiny_model, workspace, smol_tokenizer):
-    from peft import PeftModel
-
-    from backend import models, stages
+def test_loftq_trains_and_its_adapter_plays_on_the_4bit_base_as_trained(tiny_model, workspace, smol_tokenizer):
+    from backend import jobs, stages
+    from backend.models import adapters
     from tests.backend.stages.model_probe import probes
 
-    config = tiny_config(tiny_model, method="loftq", lora={"r": 16, "alpha": 32, "dropout": 0.0})
+    config = tiny_config(tiny_model, method="loftq", lora=LORA)
     states, trained = {}, {}
 
     def on_model(model, phase):
@@ -79,37 +74,26 @@ def test_loftq_trains_saves_a_plain_lora_for_the_full_precision_base(tiny_model,
         if phase == "after_train":
             trained["logits"] = probe_logits(model, smol_tokenizer)
 
-    run_dir = workspace / "runs" / "job-loftq"
-    run_dir.mkdir(parents=True)
-    results = stages.train(config, run_dir, job_id="job-loftq", callbacks=probes(on_model))
+    job = jobs.create(config)
+    results = stages.train(config, job.run_dir, job_id=job.id, callbacks=probes(on_model))
     assert results["steps"] == 3 and results["loftq_error_loftq"] < results["loftq_error_qlora"]
     before, after = states["before_train"], states["after_train"]
     changed = [name for name in before if not torch.equal(before[name], after[name])]
     assert changed and all(".default" in name for name in changed), changed[:5]
 
-    saved = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
-    assert saved["r"] == 32 and saved["init_lora_weights"] is True and saved["peft_type"] == "LORA"
-    assert not (run_dir / "initial-adapter").exists()
-    assert "Started with LoftQ" in (run_dir / "card.md").read_text()
+    saved = json.loads((job.run_dir / "adapter" / "adapter_config.json").read_text())
+    assert saved["r"] == 16 and saved["peft_type"] == "LORA"
+    assert "Started with LoftQ" in (job.run_dir / "card.md").read_text()
 
-    # plain peft on the original float weights: the trained model up to LoftQ's remaining rounding error, which is
-    # smaller than what the bare 4-bit rounding changes
-    full = models.load_model(tiny_model, dtype=torch.float32)
-    base_logits = probe_logits(full, smol_tokenizer)
-    loaded = PeftModel.from_pretrained(full, run_dir / "adapter")
-    unmerged = probe_logits(loaded, smol_tokenizer)
-    gap = (unmerged - trained["logits"]).abs().mean().item()
-    qlora, _, _ = _loaded(tiny_config(tiny_model, method="qlora", lora={"r": 16, "alpha": 32}), workspace / "q")
-    with qlora.disable_adapter():
-        rounding = (probe_logits(qlora, smol_tokenizer) - base_logits).abs().mean().item()
-    print("fp base + saved adapter vs trained model", gap, "; bare 4-bit rounding", rounding)
-    assert gap < 0.9 * rounding, (gap, rounding)
-    merged = probe_logits(loaded.merge_and_unload(), smol_tokenizer)
-    assert (merged - unmerged).abs().max().item() < 1e-4
+    # the playground's loading: the 4-bit base + the saved adapter give the trained model's logits
+    source = adapters.adapter_source(job.id)
+    assert source.four_bit
+    played = probe_logits(adapters.load_with_adapters([source]), smol_tokenizer)
+    # float noise of the 4-bit kernels only (logits ~0.5); on the float base the rounding alone moves them ~1e-2
+    assert (played - trained["logits"]).abs().max().item() < 1e-3
 
 
-def test_loftq_settings_are_checked():
-    config = JobConfig.from_dict({"method": "loftq", "loftq": {"iterations": 0}, "init_adapter": "job-1"})
+def test_loftq_refuses_a_chained_start():
+    config = JobConfig.from_dict({"method": "loftq", "init_adapter": "job-1"})
     problems = config.validate(cuda_available=False)
-    assert any(p.startswith("loftq.iterations") for p in problems), problems
     assert any(p.startswith("init_adapter: loftq") for p in problems), problems

@@ -34,8 +34,10 @@ METHOD_CASES = {
     "olora": {"method": "olora"},     # LoRA initialisations (issue 21, part 3): base changed at init, like PiSSA
     "eva": {"method": "eva"},         # data-driven, B = 0: the reference is the base with the adapter disabled
     "corda": {"method": "corda"},     # data-driven, base keeps the residual
+    "loftq": {"method": "loftq", "lora": {"r": 16, "alpha": 32}},   # 4-bit, adapter starts as a rounding-error fit
 }
 RESIDUAL_BASE = ("pissa", "olora", "corda")
+KEEPS_REFERENCE = RESIDUAL_BASE + ("loftq",)     # the new adapter is no no-op: a frozen copy is the reference
 PROBE = "<|im_start|>user\nWhat is 2 + 3?<|im_end|>\n<|im_start|>assistant\n"
 
 
@@ -110,15 +112,15 @@ def test_stage_trains_each_method(stage, method, tiny_model, workspace, smol_tok
         assert results["label_balance"] == {"desirable": 30, "undesirable": 30, "weighted_ratio": 1.0}
     if stage in ("dpo", "kto"):
         # no second copy of the base; a new adapter (PiSSA aside) needs no frozen adapter copy either
-        expected = {"default", "ref"} if method in RESIDUAL_BASE else {"default"}
+        expected = {"default", "ref"} if method in KEEPS_REFERENCE else {"default"}
         assert seen["adapters"] == expected
-        assert ("adapter disabled" in results["reference"]) == (method not in RESIDUAL_BASE)
+        assert ("adapter disabled" in results["reference"]) == (method not in KEEPS_REFERENCE)
 
     # only the trained adapter changed: base weights and the frozen reference copy did not
     before, after = seen["before_train"], seen["after_train"]
     changed = [name for name in before if not torch.equal(before[name], after[name])]
     assert changed and all(".default" in name for name in changed), changed[:5]
-    if method == "qlora":
+    if method in ("qlora", "loftq"):
         assert "Linear4bit" in seen["layer_types"]
 
     adapter = run_dir / "adapter"
@@ -129,7 +131,7 @@ def test_stage_trains_each_method(stage, method, tiny_model, workspace, smol_tok
     assert facts["stage"] == stage and facts["lineage"] == ["tiny-llama", f"{stage} {job_id}"]
     assert facts["hyperparameters"]["alignment"]["beta"] == 0.1
 
-    if method == "qlora":
+    if method in ("qlora", "loftq"):
         return  # 4-bit base: the float reload below would not match by design
     # the saved adapter on the untouched base reproduces the trained model (PiSSA: converted to plain LoRA)
     from peft import PeftModel
