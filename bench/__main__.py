@@ -47,6 +47,8 @@ BENCHMARKS = {
     "claims": ("what the seeds and papers claim per method, side by side on a task checked by exact match", {},
                {"steps": 20, "arms": ("lora", "dora", "pissa", "lora+", "lora r=128", "rslora r=128", "vera", "qlora",
                                       "adalora")}),
+    "sweep": ("every method through the CLI: train, base / adapter / merged answers, plain-peft reload, merged GGUF "
+              "in llama.cpp", {}, {"steps": 3}),
     "gguf": ("GGUF export size, time and peak memory", {"argv": ["--verify"]}, {"argv": ["--rounds", "1"]}),
     "llamacpp": ("GGUF types in llama.cpp: size, top-1 agreement, the export's check, speed vs transformers", {},
                  {"argv": ["--prompts", "3", "--new-tokens", "32"]}),
@@ -66,6 +68,7 @@ TINY = {  # the smallest settings, with the model replaced by --tiny MODEL_DIR
     "playground": {"quick": True}, "gguf": {"argv": ["--rounds", "1"]}, "reliability": {"only": ("trainer",)},
     "serve": {"quick": True}, "compose": {"quick": True},
     "claims": {"steps": 3, "batch": 2, "arms": ("lora", "vera", "adalora")},
+    "sweep": {"steps": 2, "methods": ("lora", "prompt_tuning"), "gguf": "f16"},
     "llamacpp": {"argv": ["--prompts", "2", "--new-tokens", "8", "--types", "q4_k_m"]},
     "load": {"clients": 3, "window": 3.0, "jobs": 3},
     "evaluate": {"rows": 6, "max_new_tokens": 4, "batch_sizes": (1, 4), "steps": 2, "report_rows": 3},
