@@ -5,7 +5,7 @@
                               [--append FILE.jsonl]         # also append each new arm's result to this file
 
 An arm is a method, or METHOD+OPTIM for a training.optim other than adamw (lora+adamw_8bit); ALL_METHODS lists
-every method of backend/models/methods.py but qdora (not measured yet) plus lora+adamw_8bit.
+every method of backend/models/methods.py plus lora+adamw_8bit.
 
 Each (method, max_length) runs the studio's SFT stage (`sft.run`, LoRA r=16 all-linear, default batching) for a
 few steps in a FRESH subprocess, on synthetic rows whose answers are long enough that every row is cut to exactly
@@ -29,8 +29,8 @@ from pathlib import Path
 from bench.common import machine_line, markdown_table, median, scratch_workspace
 
 METHODS = ("lora", "qlora", "dora", "pissa")
-ALL_METHODS = METHODS + ("vera", "ia3", "loha", "lokr", "oft", "adalora", "olora", "eva", "corda", "prompt_tuning",
-                         "galore", "lora+adamw_8bit")
+ALL_METHODS = METHODS + ("qdora", "vera", "ia3", "loha", "lokr", "oft", "adalora", "olora", "eva", "corda", "loftq",
+                         "prompt_tuning", "galore", "lora+adamw_8bit")
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"}
 MIB = 2 ** 20
 

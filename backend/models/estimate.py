@@ -15,13 +15,14 @@ measures it; bench/RESULTS.md publishes estimate vs measured for LoRA / QLoRA / 
   layer with peft's LoRA on it and checked against torch.autograd.graph's saved tensors on the bundled model:
   the RMSNorms' fp32 inputs, sdpa's q / k / v / out (k / v repeated to every head when padding-free needs a
   mask), the MLP's gate / up / silu, each adapted layer's dropout output and mask (a float tensor on CPU, bool on
-  CUDA) and lora_A output, in the adapter's dtype; DoRA adds three outputs per adapted layer. Plus the LM head:
-  TRL scores tokens in [4096 x 32768] tiles instead of materialising the logits; on CPU the torch fallback of that
-  kernel's temporaries (forward and backward, about 10 tiles, the same for LoRA, IA3 and prompt tuning) and the
-  freed forward memory the heap keeps resident (calibrated on LoRA; less for IA3 / prompt tuning) measured as 15
-  tile-sized buffers (LM_HEAD_TILES_CPU = 15; bench/estimator_phases.py splits them). Padding-free under sdpa
-  adds a (tokens x tokens) float mask per layer. Gradient checkpointing keeps one hidden state per layer and
-  recomputes one layer.
+  CUDA) and lora_A output, in the adapter's dtype; DoRA adds three outputs per adapted layer (QDoRA one). Plus
+  the LM head: TRL scores tokens in [4096 x 32768] tiles instead of materialising the logits; on CPU the torch
+  fallback of that kernel keeps about 10 tile-sized temporaries (forward and backward, the same for LoRA, IA3 and
+  prompt tuning: bench/estimator_phases.py). On CPU only, plus the forward's freed temporaries that glibc's heap
+  keeps resident at the peak: HELD_FORWARD_SHARE_CPU (0.3) of the saved activations above, so a method whose
+  forward keeps less (IA3, prompt tuning: no LoRA branch) also leaves less behind. Padding-free under sdpa adds a
+  (tokens x tokens) float mask per layer. Gradient checkpointing keeps one hidden state per layer and recomputes
+  one layer.
 * overhead: CPU: nothing measurable beyond the terms above (tokenizer, rows and trainer fit in what the imports
   left free), plus the checkpoint pages that stay memory-mapped (in RSS, reclaimable) once QLoRA has quantized
   the weights or PiSSA has written its residual weights;
@@ -51,9 +52,17 @@ GPU_OVERHEAD = 0.5 * GIB        # CUDA context + caching-allocator reserve
 CPU_OVERHEAD = 0.0              # measured: tokenizer, rows and trainer fit in what the imports left free
 NF4_BYTES = 0.5 + 4 / 64        # 4-bit weights + one fp32 absmax per block of 64
 LM_HEAD_TOKENS, LM_HEAD_VOCAB = 4096, 32768   # TRL's fused LM head tile (trl.kernels.chunked_logprob)
-# measured: ~10 tiles are the torch fallback's own temporaries (forward and backward, the same for LoRA, IA3 and prompt
-# tuning); the rest is freed forward memory the heap keeps resident, calibrated on LoRA (more than IA3 / prompt tuning)
-LM_HEAD_TILES_CPU = 15
+# measured (bench/estimator_phases.py): the torch fallback's own temporaries, forward and backward, ~10 tiles for LoRA,
+# IA3 and prompt tuning alike
+LM_HEAD_TILES_CPU = 10
+# CPU: memory the forward allocates and frees (adapter branches, sdpa / MLP intermediates) that glibc's heap keeps
+# resident, as a share of the saved activations. The forward grows the RSS by about twice what it saves (LoRA 2018 MiB
+# for 1018 saved, IA3 1167 / 542, prompt tuning 1036 / 464), and malloc_trim(0) gives back 847 / 331 / 364 MiB of it:
+# the held memory follows the forward's size. What of it adds to the peak (the LM head reuses part) is LoRA's
+# calibration: the 5 tiles the earlier fixed term (15) held beyond the head's 10, 320 MiB at 2 x 256 tokens (1280 at
+# 2 x 1024) on 1064 (4256) MiB of saved activations: 0.30 at both lengths. CUDA's caching allocator reuses its blocks.
+# No single share fits galore too (bench/RESULTS.md): its excess is not forward memory.
+HELD_FORWARD_SHARE_CPU = 0.3
 EIGHT_BIT_BYTES = 2 * (1 + 4 / 256)   # 8-bit AdamW: two uint8 states + an fp32 absmax per block of 256, each
 MIN_8BIT_SIZE = 4096            # bitsandbytes keeps fp32 states for tensors with fewer elements
 LM_HEAD_TILES_GPU = 2           # Triton kernels: the tile buffer, forward and backward
@@ -211,7 +220,9 @@ def saved_per_token_layer(dims: dict, config, cuda: bool, masked: bool = False) 
             # dropout's output, and its mask: a float tensor on CPU, a bool one from CUDA's fused kernel
             saved += d_in * adapter + d_in * (1 if cuda else adapter)
         if methods.spec(config.method).dora:
-            saved += 3 * d_out * act                         # DoRA: base output, LoRA output, their scaled sum
+            # DoRA: base output, LoRA output, their scaled sum; on a 4-bit base (QDoRA) one d_out tensor per module
+            # (counted with torch.autograd.graph's saved tensors on the tiny model: 4 x sum(d_out) per token and layer)
+            saved += (1 if methods.spec(config.method).four_bit else 3) * d_out * act
     return saved
 
 
@@ -303,6 +314,7 @@ def estimate(config, model_path: str | None = None, parameters: int = 0, cuda: b
         activations = tokens * (dims["layers"] * dims["hidden"] * act_bytes + per_layer)
     else:
         activations = tokens * dims["layers"] * per_layer
+    activations += held_forward_bytes(activations, cuda)
     if masked:
         activations += tokens * tokens * 4 * dims["layers"]        # padding-free under sdpa: a float mask per layer
         notes.append(f"padding-free attention masks: {tokens * tokens * 4 * dims['layers'] / GIB:.2f} GiB "
@@ -326,6 +338,12 @@ def estimate(config, model_path: str | None = None, parameters: int = 0, cuda: b
                      "(inference only, less than a training step's memory)")
     return Estimate(weights=weights, adapter=adapter, optimizer=optimizer, activations=activations,
                     overhead=overhead, adapter_params=n_adapter + n_magnitude, notes=notes)
+
+
+def held_forward_bytes(saved_activations: float, cuda: bool) -> float:
+    """Freed forward memory the CPU heap keeps resident at the peak, in proportion to the activations the forward saves
+    (HELD_FORWARD_SHARE_CPU); none on CUDA, whose caching allocator hands freed blocks to the next allocation."""
+    return 0.0 if cuda else HELD_FORWARD_SHARE_CPU * saved_activations
 
 
 def _eight_bit_state(dims: dict, config, n_adapter: int) -> float:

@@ -192,3 +192,21 @@ def test_saved_activations_match_what_autograd_keeps_per_family(method, tiny_mod
     expected = estimate.saved_per_step(dims, job)
     assert per_step == pytest.approx(expected, rel=0.15) if expected else per_step < 0.1 * per_token * tokens
     assert out.requires_grad
+
+
+def test_cpu_heap_keeps_a_share_of_the_forward_that_follows_what_it_saves(tiny_model_dir, monkeypatch):
+    """CPU: freed forward memory the heap keeps, HELD_FORWARD_SHARE_CPU of the saved activations, so a method with
+    LoRA branches holds more than IA3; CUDA holds none (its caching allocator reuses the blocks)."""
+    def held(method, cuda=False):
+        job = config(method, batching="pad")
+        with_heap = estimate.estimate(job, model_path=str(tiny_model_dir), cuda=cuda).activations
+        monkeypatch.setattr(estimate, "HELD_FORWARD_SHARE_CPU", 0.0)
+        without_heap = estimate.estimate(job, model_path=str(tiny_model_dir), cuda=cuda).activations
+        monkeypatch.undo()
+        return with_heap - without_heap
+
+    dims = estimate._dims(str(tiny_model_dir), 0)
+    saved = 2 * 256 * dims["layers"] * estimate.saved_per_token_layer(dims, config("lora", batching="pad"), cuda=False)
+    assert held("lora") == pytest.approx(estimate.HELD_FORWARD_SHARE_CPU * saved)
+    assert held("lora") > held("ia3") > 0
+    assert held("lora", cuda=True) == held("ia3", cuda=True) == 0
