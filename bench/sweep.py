@@ -7,7 +7,8 @@ For each method of backend/models/methods.py, in a scratch workspace, each step 
 2. `chat JOB --prompt "Who are you?" --json`: base, adapter and merged answers, with the merge check (merged and
    unmerged logits compared; "not mergeable" for prompt tuning, which has no merged column);
 3. `export JOB --json`: the adapter zip, whose folder is then loaded here with plain `PeftModel.from_pretrained` on
-   the base model (outside the studio's own loading code) and must give the adapter column's greedy answer;
+   the base model (outside the studio's own loading code; a 4-bit method's base in 4-bit through transformers'
+   BitsAndBytesConfig, as its adapter column plays) and must give the adapter column's greedy answer;
 4. `export JOB --merge --gguf GGUF --json`: the merged GGUF, which the export itself runs in llama.cpp
    (llama-cpp-python) against the merged model before offering it; a refusal is recorded as its sentence.
 A cell says what happened; a failure keeps the command's last error line. No step is skipped on an earlier one's
@@ -50,8 +51,9 @@ def last_error(stderr: str) -> str:
     return ((errors or lines or ["(no output)"])[-1])[:160].replace("|", "/")
 
 
-def reload_with_peft(zip_path: Path, model: str) -> str:
-    """The adapter zip's folder on the base model with plain transformers + peft: the greedy answer."""
+def reload_with_peft(zip_path: Path, model: str, four_bit: bool) -> str:
+    """The adapter zip's folder on the base model with plain transformers + peft, the way a user loads it (a 4-bit
+    method's adapter on the base loaded in 4-bit NF4 with transformers' own BitsAndBytesConfig): the greedy answer."""
     import tempfile
 
     import torch
@@ -66,7 +68,13 @@ def reload_with_peft(zip_path: Path, model: str) -> str:
         config = next(Path(folder).rglob("adapter_config.json"))
         base_path = models.resolve(model).path
         tokenizer = AutoTokenizer.from_pretrained(config.parent)
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+        quantization = None
+        if four_bit:
+            from transformers import BitsAndBytesConfig
+            quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, quantization_config=quantization,
+                                                    device_map={"": "cpu"} if four_bit else None)
         loaded = PeftModel.from_pretrained(base, config.parent).eval()
         ids = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
                                             return_tensors="pt", return_dict=True)
@@ -100,7 +108,9 @@ def sweep_one(method: str, steps: int, gguf: str, model: str) -> dict:
         row["peft reload"] = "export failed: " + last_error(err)
     else:
         try:
-            answer = reload_with_peft(Path(json.loads(out.strip().splitlines()[-1])["zip"]), model)
+            from backend.models import methods
+            answer = reload_with_peft(Path(json.loads(out.strip().splitlines()[-1])["zip"]), model,
+                                      methods.spec(method).four_bit)
             same = answer.strip() == row.get("adapter_answer", "").strip()
             row["peft reload"] = "same answer" if same else f"DIFFERENT answer: {answer[:40]!r}"
         except Exception as error:          # noqa: BLE001 - the row records what went wrong

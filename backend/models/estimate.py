@@ -28,7 +28,8 @@ measures it; bench/RESULTS.md publishes estimate vs measured for LoRA / QLoRA / 
   the weights or PiSSA has written its residual weights;
 * GaLore: the target layers' own weights train, so the adapter term is their full-size gradients (not live at the
   activations' peak, but their memory stays resident in the heap from the step before) and the optimizer
-  term AdamW's two states at galore.rank (rank x the larger side) plus the projection (rank x the smaller side);
+  term AdamW's two states at galore.rank (rank x the larger side) plus the projection (with fp32 parameters the
+  whole square SVD factor it is a view of: the smaller side squared; rank x the smaller side otherwise);
   the activations keep each trained layer's input instead of LoRA branches (counted from the layer, not measured);
   GPU: the CUDA context and the caching allocator's reserve.
 """
@@ -281,12 +282,15 @@ def estimate(config, model_path: str | None = None, parameters: int = 0, cuda: b
     galore_state = 0
     if methods.spec(config.method).trains_base:
         # GaLore: the target layers' full weights train (already counted in `weights`); AdamW's two states live in
-        # each gradient's projection to galore.rank (rank x the larger side), plus the projection (rank x the smaller)
+        # each gradient's projection to galore.rank (rank x the larger side), plus the projection matrix
         layers = _adapted(dims, config.lora.target_modules).values()
         n_adapter = dims["layers"] * sum(d_in * d_out for d_in, d_out in layers)
         rank = config.galore.rank
-        galore_state = dims["layers"] * sum(2 * min(rank, min(d)) * max(d) + min(rank, min(d)) * min(d)
-                                            for d in layers)
+        # galore-torch's projector keeps `Vh[:rank]` / `U[:, :rank]` of each gradient's SVD: with fp32 parameters
+        # that slice is a view, so the whole square factor (smaller side squared) stays alive; with bf16 / fp16 ones
+        # it is cast, i.e. copied, and only rank x the smaller side is kept
+        kept = (lambda d: min(d) * min(d)) if act_bytes == 4 else (lambda d: min(rank, min(d)) * min(d))
+        galore_state = dims["layers"] * sum(2 * min(rank, min(d)) * max(d) + kept(d) for d in layers)
         notes.append(f"galore: the trained layers' weights and gradients are full size; optimizer state at rank "
                      f"{rank}, and every galore.update_proj_gap steps one SVD per layer (brief extra memory)")
     n_magnitude = 0
