@@ -284,6 +284,9 @@ class JobConfig:
             errors.extend(_prompt_tuning_problems(self))
         if self.method == Method.GALORE:
             errors.extend(_galore_problems(self))
+        refused = REFUSED_STAGES.get(self.method, {}).get(self.stage)
+        if refused:
+            errors.append(refused)
         if self.method == Method.LOFTQ and self.init_adapter:
             errors.append("init_adapter: loftq starts a new adapter from the 4-bit rounding error; a chained job "
                           "starts from its parent's adapter instead, so use method qlora to go on from it")
@@ -383,17 +386,7 @@ def _prompt_tuning_problems(config: "JobConfig") -> list[str]:
     if config.training.batching == Batching.PADDING_FREE:
         problems.append("training.batching: padding_free cannot keep rows apart behind prompt tuning's virtual "
                         "tokens (peft drops their position ids); use auto, pad or group_by_length")
-    if config.stage in PROMPT_TUNING_REFUSED_STAGES:
-        problems.append(PROMPT_TUNING_REFUSED_STAGES[config.stage])
     return problems
-
-
-# tried on the tiny model with TRL 1.16 (tests/backend/stages/test_prompt_tuning.py): SFT, DPO and KTO train;
-# TRL's ORPO computes its NLL on logits that include the virtual tokens against labels that do not (a shape error)
-PROMPT_TUNING_REFUSED_STAGES: dict[str, str] = {
-    Stage.ORPO: "method: prompt_tuning cannot train ORPO (TRL's ORPO loss does not account for the virtual tokens); "
-                "use dpo or kto, or another method",
-}
 
 
 def _galore_problems(config: "JobConfig") -> list[str]:
@@ -409,18 +402,25 @@ def _galore_problems(config: "JobConfig") -> list[str]:
     if config.init_adapter:
         problems.append("init_adapter: galore trains the base weights themselves, not an adapter, so it cannot start "
                         "from another job's adapter; merge and import that model, or leave init_adapter empty")
-    if config.stage in GALORE_REFUSED_STAGES:
-        problems.append(GALORE_REFUSED_STAGES[config.stage])
     return problems
 
 
-# GaLore trains the base in place: DPO and KTO need the untouched base as their reference, which TRL would hold as a
-# second full copy of the model (no adapter to disable); ORPO needs no reference
-GALORE_REFUSED_STAGES: dict[str, str] = {
-    Stage.DPO: "method: galore cannot train DPO (its reference would be a second full copy of the model, since "
-               "galore changes the base weights themselves); use orpo, or a LoRA method for DPO",
-    Stage.KTO: "method: galore cannot train KTO (its reference would be a second full copy of the model, since "
-               "galore changes the base weights themselves); use orpo, or a LoRA method for KTO",
+# The stages a method cannot train, each with its one sentence (checked once in validate()).
+REFUSED_STAGES: dict[str, dict[str, str]] = {
+    # tried on the tiny model with TRL 1.16 (tests/backend/stages/test_prompt_tuning.py): SFT, DPO and KTO train;
+    # TRL's ORPO computes its NLL on logits that include the virtual tokens against labels that do not (a shape error)
+    Method.PROMPT_TUNING: {
+        Stage.ORPO: "method: prompt_tuning cannot train ORPO (TRL's ORPO loss does not account for the virtual "
+                    "tokens); use dpo or kto, or another method",
+    },
+    # GaLore trains the base in place: DPO and KTO need the untouched base as their reference, which TRL would hold
+    # as a second full copy of the model (no adapter to disable); ORPO needs no reference
+    Method.GALORE: {
+        Stage.DPO: "method: galore cannot train DPO (its reference would be a second full copy of the model, since "
+                   "galore changes the base weights themselves); use orpo, or a LoRA method for DPO",
+        Stage.KTO: "method: galore cannot train KTO (its reference would be a second full copy of the model, since "
+                   "galore changes the base weights themselves); use orpo, or a LoRA method for KTO",
+    },
 }
 
 

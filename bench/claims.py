@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import machine_line, markdown_table, median, scratch_workspace
+from bench.common import machine_line, markdown_table, median, registered_model, scratch_workspace
 
 ALPHA = 16          # one alpha for every arm: r=8 LoRA has scale 2; at r=128 plain LoRA scales by 1/8, rsLoRA by 1.41
 # label -> (method, lora settings beyond r=8 / alpha 16, other config sections[, learning rate]); an arm without
@@ -294,12 +294,9 @@ def main(steps: int = 40, batch: int = 8, lr: float = 3e-4, model: str = "smollm
     started = time.perf_counter()
     runs: dict[str, dict] = {}
     with scratch_workspace():
-        from backend import data, models
+        from backend import data
         data.ensure_demo_datasets(["dates-demo"])
-        if model == "smollm2-135m-instruct":
-            models.ensure_bundled_model()
-        elif Path(model).is_dir():
-            model = models.import_model(Path(model), name="bench-model").name
+        model = registered_model(model)
         for label in arms:
             print(f"   claims: {label}", file=sys.stderr, flush=True)
             runs[label] = measure(model, label, steps, batch, lr, base_accuracy=label == "lora")

@@ -49,6 +49,17 @@ def scratch_workspace():
                 os.environ["LORASTUDIO_HOME"] = previous
 
 
+def registered_model(model: str) -> str:
+    """The registry name a benchmark trains on: the bundled model (converted once), or a model folder (a tiny model
+    in tests) imported as "bench-model"; any other name is taken as already registered."""
+    from backend import models
+    if model == "smollm2-135m-instruct":
+        models.ensure_bundled_model()
+    elif Path(model).is_dir():
+        model = models.import_model(Path(model), name="bench-model").name
+    return model
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"

@@ -26,7 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.common import machine_line, markdown_table, median, scratch_workspace
+from bench.common import machine_line, markdown_table, median, registered_model, scratch_workspace
 
 METHODS = ("lora", "qlora", "dora", "pissa")
 ALL_METHODS = METHODS + ("qdora", "vera", "ia3", "loha", "lokr", "oft", "adalora", "olora", "eva", "corda", "loftq",
@@ -137,11 +137,7 @@ def estimated_mib(model: str, method: str, max_length: int, batch: int, steps: i
 
 def prepare(home: Path, model: str, lengths, batch: int, steps: int) -> tuple[str, dict]:
     """The model registered (bundled model converted, or a folder imported) and one rows file per length."""
-    from backend import models
-    if model == "smollm2-135m-instruct":
-        models.ensure_bundled_model()
-    elif Path(model).is_dir():
-        model = models.import_model(Path(model), name="bench-model").name
+    model = registered_model(model)
     return model, {n: long_rows_file(home, max(16, batch * (steps + 1)), n) for n in lengths}
 
 

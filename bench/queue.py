@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import machine_line, markdown_table, median, scratch_workspace
+from bench.common import machine_line, markdown_table, median, registered_model, scratch_workspace
 
 
 def _config_file(folder: Path, model: str, steps: int) -> Path:
@@ -79,11 +79,7 @@ def callback_cost_per_step(home: Path, model: str, calls: int = 200) -> float:
 def main(rounds: int = 3, model: str = "smollm2-135m-instruct", steps: int = 3) -> str:
     queue_times, inline_times = [], []
     with scratch_workspace() as home:
-        from backend import models
-        if model == "smollm2-135m-instruct":
-            models.ensure_bundled_model()
-        else:
-            model = models.import_model(Path(model), name="bench-model").name
+        model = registered_model(model)
         config = _config_file(home, model, steps)
         env = dict(os.environ, LORASTUDIO_HOME=str(home))
         worker = subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=env, stdout=subprocess.DEVNULL,

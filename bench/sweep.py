@@ -24,7 +24,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from bench.common import machine_line, markdown_table, scratch_workspace
+from bench.common import machine_line, markdown_table, registered_model, scratch_workspace
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Who are you?"
@@ -130,12 +130,8 @@ def main(steps: int = 6, methods=None, gguf: str = "q8_0", model: str = "smollm2
     rows = []
     with scratch_workspace():
         from backend import data
-        from backend import models as model_registry
         data.ensure_demo_datasets(["identity-demo"])
-        if model == "smollm2-135m-instruct":
-            model_registry.ensure_bundled_model()
-        elif Path(model).is_dir():
-            model = model_registry.import_model(Path(model), name="bench-model").name
+        model = registered_model(model)
         for method in methods or all_methods():
             print(f"   sweep: {method}", file=sys.stderr, flush=True)
             rows.append(sweep_one(method, steps, gguf, model))

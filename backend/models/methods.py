@@ -230,7 +230,7 @@ class MethodSpec:
     trains_base: bool = False            # no peft model while training: the base's own layers train (GaLore); the
                                          # saved adapter (peft_type) is derived from their change at save
     init_weights: Callable | None = None  # (new peft model, config) -> facts for run.json: sets the fresh
-                                          # adapter's weights before training (LoftQ); it then starts as no no-op
+                                          # adapter's weights before training (LoftQ), so it does not start as a no-op
 
     @property
     def adapter_starts_as_noop(self) -> bool:

@@ -4,11 +4,6 @@ import pytest
 from bench import sweep
 
 
-def test_every_method_of_the_table_is_swept_by_default():
-    from backend.models import methods
-    assert sweep.all_methods() == [str(m) for m in methods.METHODS] and "loftq" in sweep.all_methods()
-
-
 @pytest.mark.slow   # eight CLI processes: train, chat, export and GGUF export for two methods on the tiny model
 def test_sweep_on_the_tiny_model(tiny_model_dir):
     text = sweep.main(steps=2, methods=["lora", "prompt_tuning"], gguf="f16", model=str(tiny_model_dir))
